@@ -1,0 +1,289 @@
+"""SIP requests and responses (RFC 3261 §7) with cached typed header accessors.
+
+Messages are frozen. Typed accessors parse on first use and cache the result
+in a private field that takes no part in equality; a malformed value raises
+SipParseError. Content-Length is framing, not content: the parser drops it
+from ``headers`` and ``to_bytes`` always writes the correct one (§20.14).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Self, TypeVar, cast
+
+from sipushd.sip import _abnf
+from sipushd.sip.errors import SipParseError
+from sipushd.sip.headers import (
+    Challenge,
+    Credentials,
+    CSeq,
+    Headers,
+    NameAddr,
+    Via,
+    parse_challenge,
+    parse_credentials,
+    parse_cseq,
+    parse_name_addr,
+    parse_uint,
+    parse_via,
+    serialise_fields,
+    split_list,
+    validate_contact,
+)
+from sipushd.sip.status import reason_phrase
+from sipushd.sip.uri import SipUri
+
+_T = TypeVar("_T")
+
+
+class _Message:
+    """Typed accessors shared by Request and Response."""
+
+    headers: Headers
+    body: bytes
+    _cache: dict[str, object]
+
+    def _memo(self, key: str, compute: Callable[[], _T]) -> _T:
+        cache = self._cache
+        if key in cache:
+            return cast(_T, cache[key])
+        value = compute()
+        cache[key] = value
+        return value
+
+    def _single(self, name: str) -> str:
+        fields = self.headers.get_all(name)
+        if not fields:
+            raise SipParseError(f"missing {name} header")
+        if len(fields) > 1:
+            raise SipParseError(f"more than one {name} header")
+        return fields[0]
+
+    def _name_addrs(self, name: str) -> tuple[NameAddr, ...]:
+        return tuple(parse_name_addr(v) for f in self.headers.get_all(name) for v in split_list(f))
+
+    def replace(self, **changes: object) -> Self:
+        """Copy with fields replaced (dataclasses.replace)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    @property
+    def vias(self) -> list[Via]:
+        """Every Via value, top first (RFC 3261 §20.42)."""
+        return list(self._vias())
+
+    def _vias(self) -> tuple[Via, ...]:
+        return self._memo(
+            "via",
+            lambda: tuple(parse_via(v) for f in self.headers.get_all("Via") for v in split_list(f)),
+        )
+
+    @property
+    def top_via(self) -> Via:
+        """The topmost Via; SipParseError if there is none."""
+        vias = self._vias()
+        if not vias:
+            raise SipParseError("missing Via header")
+        return vias[0]
+
+    @property
+    def from_(self) -> NameAddr:
+        """The From header (RFC 3261 §20.20)."""
+        return self._memo("from", lambda: parse_name_addr(self._single("From")))
+
+    @property
+    def to(self) -> NameAddr:
+        """The To header (RFC 3261 §20.39)."""
+        return self._memo("to", lambda: parse_name_addr(self._single("To")))
+
+    @property
+    def call_id(self) -> str:
+        """The Call-ID (RFC 3261 §20.8)."""
+        return self._memo("call-id", self._parse_call_id)
+
+    def _parse_call_id(self) -> str:
+        value = self._single("Call-ID")
+        if _abnf.CALL_ID_RE.fullmatch(value) is None:
+            raise SipParseError(f"bad Call-ID: {value!r}")
+        return value
+
+    @property
+    def cseq(self) -> CSeq:
+        """The CSeq header (RFC 3261 §20.16)."""
+        return self._memo("cseq", lambda: parse_cseq(self._single("CSeq")))
+
+    @property
+    def max_forwards(self) -> int | None:
+        """Max-Forwards (RFC 3261 §20.22), None if absent."""
+        return self._memo("max-forwards", lambda: self._optional_uint("Max-Forwards"))
+
+    def _optional_uint(self, name: str) -> int | None:
+        if name not in self.headers:
+            return None
+        return parse_uint(self._single(name), name)
+
+    @property
+    def contacts(self) -> list[NameAddr]:
+        """Contact values ([] for "Contact: *", RFC 3261 §10.2.2)."""
+        return list(self._contacts()[0])
+
+    @property
+    def is_star_contact(self) -> bool:
+        """True for "Contact: *" (remove all bindings, RFC 3261 §10.2.2)."""
+        return self._contacts()[1]
+
+    def _contacts(self) -> tuple[tuple[NameAddr, ...], bool]:
+        return self._memo("contact", self._parse_contacts)
+
+    def _parse_contacts(self) -> tuple[tuple[NameAddr, ...], bool]:
+        values = [v for f in self.headers.get_all("Contact") for v in split_list(f)]
+        if "*" in values:
+            # RFC 3261 §10.3 step 6: "*" must be the only Contact value.
+            if len(values) > 1:
+                raise SipParseError("Contact '*' mixed with other contacts")
+            return (), True
+        return tuple(validate_contact(parse_name_addr(v)) for v in values), False
+
+    @property
+    def routes(self) -> list[NameAddr]:
+        """Route values (RFC 3261 §20.34)."""
+        return list(self._memo("route", lambda: self._name_addrs("Route")))
+
+    @property
+    def record_routes(self) -> list[NameAddr]:
+        """Record-Route values (RFC 3261 §20.30)."""
+        return list(self._memo("record-route", lambda: self._name_addrs("Record-Route")))
+
+    @property
+    def paths(self) -> list[NameAddr]:
+        """Path values (RFC 3327)."""
+        return list(self._memo("path", lambda: self._name_addrs("Path")))
+
+    @property
+    def expires(self) -> int | None:
+        """The Expires header in seconds (RFC 3261 §20.19), None if absent."""
+        return self._memo("expires", lambda: self._optional_uint("Expires"))
+
+    @property
+    def require(self) -> list[str]:
+        """Require option tags (RFC 3261 §20.32)."""
+        return self.headers.values("Require")
+
+    @property
+    def proxy_require(self) -> list[str]:
+        """Proxy-Require option tags (RFC 3261 §20.29)."""
+        return self.headers.values("Proxy-Require")
+
+    @property
+    def supported(self) -> list[str]:
+        """Supported option tags (RFC 3261 §20.37)."""
+        return self.headers.values("Supported")
+
+    @property
+    def content_type(self) -> str | None:
+        """The Content-Type value as is, None if absent."""
+        return self.headers.get("Content-Type")
+
+    @property
+    def authorization(self) -> list[Credentials]:
+        """Authorization values (RFC 3261 §20.7)."""
+        return [parse_credentials(v) for v in self.headers.get_all("Authorization")]
+
+    @property
+    def proxy_authorization(self) -> list[Credentials]:
+        """Proxy-Authorization values (RFC 3261 §20.28)."""
+        return [parse_credentials(v) for v in self.headers.get_all("Proxy-Authorization")]
+
+    @property
+    def www_authenticate(self) -> list[Challenge]:
+        """WWW-Authenticate values (RFC 3261 §20.44)."""
+        return [parse_challenge(v) for v in self.headers.get_all("WWW-Authenticate")]
+
+    @property
+    def proxy_authenticate(self) -> list[Challenge]:
+        """Proxy-Authenticate values (RFC 3261 §20.27)."""
+        return [parse_challenge(v) for v in self.headers.get_all("Proxy-Authenticate")]
+
+    def _start_line(self) -> str:
+        raise NotImplementedError
+
+    def to_bytes(self) -> bytes:
+        """Serialise: start line, header lines, a correct Content-Length, CRLF, body."""
+        cached = self._cache.get("bytes")
+        if cached is not None:
+            return cast(bytes, cached)
+        head = (
+            f"{self._start_line()}\r\n{serialise_fields(self.headers, 'content-length')}"
+            f"Content-Length: {len(self.body)}\r\n\r\n"
+        )
+        data = head.encode() + self.body
+        self._cache["bytes"] = data
+        return data
+
+
+@dataclass(frozen=True)
+class Request(_Message):
+    """A SIP request (RFC 3261 §7.1)."""
+
+    method: str
+    uri: SipUri
+    headers: Headers
+    body: bytes = b""
+    _cache: dict[str, object] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
+
+    def _start_line(self) -> str:
+        return f"{self.method} {self.uri} SIP/2.0"
+
+    @property
+    def transaction_branch(self) -> str | None:
+        """Branch of the top Via (RFC 3261 §17.2.3), None without Via or branch."""
+        vias = self._vias()
+        return vias[0].branch if vias else None
+
+
+@dataclass(frozen=True)
+class Response(_Message):
+    """A SIP response (RFC 3261 §7.2)."""
+
+    status: int
+    reason: str
+    headers: Headers
+    body: bytes = b""
+    _cache: dict[str, object] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
+
+    def _start_line(self) -> str:
+        return f"SIP/2.0 {self.status} {self.reason}"
+
+
+def make_response(
+    request: Request,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    headers: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+) -> Response:
+    """Build a response to ``request`` copying Via, From, To, Call-ID, CSeq (§8.2.6.2)."""
+    req = request.headers
+    items = [("Via", v) for v in req.get_all("Via")]
+    to = req.get("To") or ""
+    if to_tag is not None and request.to.tag is None:
+        # An appended parameter is a header parameter in both name-addr and
+        # addr-spec form (RFC 3261 §20).
+        to = f"{to};tag={to_tag}"
+    items += [
+        ("From", req.get("From") or ""),
+        ("To", to),
+        ("Call-ID", req.get("Call-ID") or ""),
+        ("CSeq", req.get("CSeq") or ""),
+    ]
+    items.extend(headers)
+    return Response(
+        status, reason_phrase(status) if reason is None else reason, Headers(items), body
+    )

@@ -1,0 +1,232 @@
+"""Bytes to messages: one datagram (parse_message) or a byte stream (StreamParser).
+
+Rules: malformed input raises SipParseError and nothing else; its status_hint
+is the response to send (400, 413, 505). Headers the rest of the stack relies
+on (Via, From, To, Call-ID, CSeq, Max-Forwards, Content-Length, Contact) are
+parsed and validated here, so a message that comes out is usable.
+"""
+
+from __future__ import annotations
+
+from sipushd.sip import _abnf
+from sipushd.sip.errors import SipParseError
+from sipushd.sip.headers import Headers, canonical_name, parse_uint
+from sipushd.sip.message import Request, Response
+from sipushd.sip.uri import parse_uri
+
+DEFAULT_MAX_MESSAGE_SIZE = 65536
+_REQUIRED = ("From", "To", "Call-ID", "CSeq")
+
+Message = Request | Response
+
+
+def parse_message(
+    data: bytes, *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+) -> Request | Response:
+    """Parse one datagram into a message; raises SipParseError only."""
+    try:
+        return _parse_datagram(data, max_message_size)
+    except SipParseError:
+        raise
+    except Exception as exc:  # any internal failure on bad input is a parse error
+        raise SipParseError(f"malformed message: {exc!r}") from exc
+
+
+def _parse_datagram(data: bytes, max_message_size: int) -> Message:
+    if len(data) > max_message_size:
+        raise SipParseError(f"message larger than {max_message_size} bytes", 413)
+    start = 0
+    # RFC 3261 §7.5: CRLFs before the start line are ignored.
+    while data.startswith(b"\r\n", start):
+        start += 2
+    end = data.find(b"\r\n\r\n", start)
+    if end < 0:
+        raise SipParseError("no empty line after the headers")
+    start_line, headers, length = parse_head(data[start:end])
+    body_start = end + 4
+    if length is None:
+        # RFC 3261 §18.3: on datagrams the body runs to the end of the packet.
+        body = data[body_start:]
+    else:
+        if length > max_message_size:
+            raise SipParseError(f"Content-Length {length} too large", 413)
+        if body_start + length > len(data):
+            raise SipParseError("body shorter than Content-Length")
+        # RFC 3261 §18.3: octets after Content-Length are discarded.
+        body = data[body_start : body_start + length]
+    return build_message(start_line, headers, body)
+
+
+def parse_head(head: bytes) -> tuple[str, Headers, int | None]:
+    """Split a message head into start line, headers and Content-Length (if any)."""
+    text = head.decode("utf-8")
+    if _abnf.BAD_HEAD_CHARS_RE.search(text):
+        raise SipParseError("control character or bare CR/LF in message head")
+    lines = text.split("\r\n")
+    names: list[str] = []
+    values: list[str] = []
+    keys: list[str] = []
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t"):
+            # RFC 3261 §7.3.1: a line starting with whitespace continues the
+            # previous value; the fold is equivalent to one SP.
+            if not values:
+                raise SipParseError("continuation line before the first header")
+            folded = line.strip(" \t")
+            values[-1] = f"{values[-1]} {folded}" if values[-1] else folded
+            continue
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise SipParseError(f"header line without ':': {line[:40]!r}")
+        display, key = canonical_name(name.rstrip(" \t"))
+        names.append(display)
+        values.append(value.strip(" \t"))
+        keys.append(key)
+    length = None
+    if "content-length" in keys:
+        length = _content_length(keys, values)
+        kept = [i for i, k in enumerate(keys) if k != "content-length"]
+        names = [names[i] for i in kept]
+        values = [values[i] for i in kept]
+        keys = [keys[i] for i in kept]
+    return lines[0], Headers._trusted(tuple(zip(names, values, strict=True)), tuple(keys)), length
+
+
+def _content_length(keys: list[str], values: list[str]) -> int:
+    # RFC 3261 §20.14 / §25: one non-negative decimal value; conflicting
+    # duplicates make the framing ambiguous.
+    found = {
+        parse_uint(v, "Content-Length")
+        for k, v in zip(keys, values, strict=True)
+        if k == "content-length"
+    }
+    if len(found) > 1:
+        raise SipParseError("conflicting Content-Length headers")
+    return found.pop()
+
+
+def build_message(start_line: str, headers: Headers, body: bytes) -> Message:
+    """Build and validate a message from its parsed parts."""
+    msg: Message
+    if start_line[:4].upper() == "SIP/":
+        m = _abnf.STATUS_LINE_RE.fullmatch(start_line)
+        if m is None:
+            raise SipParseError(
+                f"bad status line: {start_line[:80]!r}", _version_status(start_line)
+            )
+        _check_version(m.group(1))
+        msg = Response(int(m.group(2)), m.group(3) or "", headers, body)
+    else:
+        m = _abnf.REQUEST_LINE_RE.fullmatch(start_line)
+        if m is None:
+            raise SipParseError(f"bad request line: {start_line[:80]!r}")
+        method, uri_text, version = m.groups()
+        _check_version(version)
+        msg = Request(method, parse_uri(uri_text), headers, body)
+    _validate(msg)
+    return msg
+
+
+def _version_status(start_line: str) -> int:
+    version = start_line.partition(" ")[0]
+    if _abnf.SIP_VERSION_RE.fullmatch(version) and version.upper() != "SIP/2.0":
+        return 505
+    return 400
+
+
+def _check_version(version: str) -> None:
+    if version.upper() != "SIP/2.0":
+        # RFC 3261 §8.2.2.3 / §21.5.25: other versions get 505.
+        status = 505 if _abnf.SIP_VERSION_RE.fullmatch(version) else 400
+        raise SipParseError(f"unsupported SIP version {version!r}", status)
+
+
+def _validate(msg: Message) -> None:
+    # RFC 3261 §8.1.1: the mandatory headers; parsing them here means bad
+    # values are rejected with 400 instead of failing deep in the stack.
+    if not msg.vias:
+        raise SipParseError("missing Via header")
+    for name in _REQUIRED:
+        if name not in msg.headers:
+            raise SipParseError(f"missing {name} header")
+    _ = msg.from_, msg.to, msg.call_id, msg.max_forwards, msg.contacts
+    if isinstance(msg, Request) and msg.cseq.method != msg.method:
+        # RFC 3261 §8.1.1.5: the CSeq method matches the request method.
+        raise SipParseError("CSeq method does not match the request method")
+    _ = msg.cseq
+
+
+class StreamParser:
+    """Incremental parser for TCP/TLS byte streams (RFC 3261 §18.3).
+
+    Content-Length is mandatory on streams. CRLF keep-alives between messages
+    (RFC 5626 §3.5.1) are skipped and counted in ``keepalives``. After a
+    SipParseError the stream is unusable: every later feed raises again.
+    """
+
+    def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+        self.max_message_size = max_message_size
+        self.keepalives = 0
+        self._buf = bytearray()
+        self._scanned = 0
+        self._pending: tuple[str, Headers, int, int] | None = None
+        self._error: SipParseError | None = None
+
+    def feed(self, data: bytes) -> list[Request | Response]:
+        """Add received bytes; return every message now complete."""
+        if self._error is not None:
+            raise SipParseError(f"stream already failed: {self._error}", self._error.status_hint)
+        self._buf += data
+        out: list[Message] = []
+        try:
+            while (msg := self._next()) is not None:
+                out.append(msg)
+        except SipParseError as exc:
+            self._error = exc
+            raise
+        except Exception as exc:  # any internal failure on bad input is a parse error
+            self._error = SipParseError(f"malformed message: {exc!r}")
+            raise self._error from exc
+        return out
+
+    def _skip_keepalives(self) -> bool:
+        """Drop CRLFs before a start line; False if more bytes are needed to decide."""
+        buf = self._buf
+        while buf[:1] == b"\r":
+            if buf[:4] == b"\r\n\r\n":
+                self.keepalives += 1
+                del buf[:4]
+            elif len(buf) < 4 and b"\r\n\r\n".startswith(buf):
+                return False
+            elif buf[:2] == b"\r\n":
+                del buf[:2]
+            else:
+                return True
+        return True
+
+    def _next(self) -> Message | None:
+        buf = self._buf
+        if self._pending is None:
+            if not self._skip_keepalives():
+                return None
+            end = buf.find(b"\r\n\r\n", max(0, self._scanned - 3))
+            if end < 0:
+                self._scanned = len(buf)
+                if len(buf) > self.max_message_size:
+                    raise SipParseError("message head too large", 413)
+                return None
+            self._scanned = 0
+            start_line, headers, length = parse_head(bytes(buf[:end]))
+            if length is None:
+                raise SipParseError("missing Content-Length on a stream transport")
+            if end + 4 + length > self.max_message_size:
+                raise SipParseError("message too large", 413)
+            self._pending = (start_line, headers, end + 4, length)
+        start_line, headers, body_start, length = self._pending
+        total = body_start + length
+        if len(buf) < total:
+            return None
+        body = bytes(buf[body_start:total])
+        del buf[:total]
+        self._pending = None
+        return build_message(start_line, headers, body)

@@ -1,0 +1,217 @@
+"""FCM HTTP v1 provider: service-account OAuth2 token, data-only messages over HTTP/2.
+
+The access token comes from the JWT-bearer grant (RFC 7523 §2.1): an RS256
+assertion signed with google-auth's signer, POSTed to the account's
+``token_uri`` with httpx (async, so the event loop never blocks), cached
+and refreshed five minutes before it expires. Messages go to
+``{endpoint}/v1/projects/{project}/messages:send``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+from google.auth import crypt as google_crypt
+from google.auth import jwt as google_jwt
+
+from sipushd.core.payload import FcmPush, PayloadError, PushRequest, build_fcm
+from sipushd.push.base import (
+    PermanentPushError,
+    PushOutcome,
+    PushProvider,
+    PushResult,
+    TemporaryPushError,
+    parse_retry_after,
+)
+from sipushd.push.settings import FCM_SCOPE, FcmAppSettings, fcm_endpoint_url
+from sipushd.push.tls import client_context
+
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"
+ASSERTION_LIFETIME = 3600
+REFRESH_MARGIN = 300.0
+# FCM errorCode / status values meaning the token is gone for good.
+DEAD_TOKEN_CODES = {"UNREGISTERED", "NOT_FOUND"}
+
+
+class AccessTokenSource:
+    """OAuth2 access tokens for one service account, fetched with the JWT-bearer grant."""
+
+    def __init__(
+        self,
+        account: Mapping[str, Any],
+        client: httpx.AsyncClient,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        signer_cls = google_crypt.RSASigner
+        self._signer = signer_cls.from_service_account_info(account)  # type: ignore[no-untyped-call]
+        self._email = str(account["client_email"])
+        self.token_uri = str(account.get("token_uri") or DEFAULT_TOKEN_URI)
+        self._client = client
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._token: str | None = None
+        self._expires_at = 0.0
+
+    def invalidate(self) -> None:
+        """Forget the cached token (FCM answered 401)."""
+        self._token = None
+
+    async def token(self) -> str:
+        """A valid access token; one fetch at a time however many pushes wait."""
+        async with self._lock:
+            if self._token is None or self._clock() >= self._expires_at:
+                self._token, lifetime = await self._fetch()
+                margin = min(REFRESH_MARGIN, lifetime / 2)
+                self._expires_at = self._clock() + lifetime - margin
+            return self._token
+
+    def assertion(self, now: float) -> str:
+        """The signed RS256 assertion for the token request (RFC 7523 §3)."""
+        claims = {
+            "iss": self._email,
+            "scope": FCM_SCOPE,
+            "aud": self.token_uri,
+            "iat": int(now),
+            "exp": int(now) + ASSERTION_LIFETIME,
+        }
+        encoded: bytes = google_jwt.encode(self._signer, claims)  # type: ignore[no-untyped-call]
+        return encoded.decode()
+
+    async def _fetch(self) -> tuple[str, float]:
+        form = {"grant_type": JWT_BEARER_GRANT, "assertion": self.assertion(self._clock())}
+        try:
+            response = await self._client.post(self.token_uri, data=form)
+        except httpx.TransportError as exc:
+            raise TemporaryPushError("oauth2_unreachable", None, None, _text(exc)) from exc
+        if response.status_code != 200:
+            status = response.status_code
+            detail = str(_json(response).get("error") or response.reason_phrase)
+            if status == 429 or status >= 500:
+                retry = parse_retry_after(response.headers.get("retry-after"))
+                raise TemporaryPushError("oauth2_unavailable", status, retry, detail)
+            raise PermanentPushError("oauth2_rejected", status, detail)
+        body = _json(response)
+        try:
+            return str(body["access_token"]), float(body.get("expires_in", 3600))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TemporaryPushError("oauth2_malformed", 200, None, str(body)[:200]) from exc
+
+
+class _App:
+    """One Firebase project: its HTTP/2 client and access tokens."""
+
+    def __init__(self, settings: FcmAppSettings, clock: Callable[[], float]) -> None:
+        account = json.loads(Path(settings.service_account_file).read_text())
+        self.settings = settings
+        self.url = (
+            f"{fcm_endpoint_url(settings.endpoint)}/v1/projects/{settings.project_id}/messages:send"
+        )
+        # httpx sets ALPN (h2, http/1.1) on the context itself.
+        context = client_context(settings.ca_file, alpn=())
+        self.client = httpx.AsyncClient(
+            http2=True, verify=context, trust_env=False, timeout=httpx.Timeout(10.0)
+        )
+        self.tokens = AccessTokenSource(account, self.client, clock)
+
+
+class FcmProvider(PushProvider):
+    """Pushes to Android apps through FCM HTTP v1; apps chosen by project id."""
+
+    name = "fcm"
+
+    def __init__(
+        self, apps: Sequence[FcmAppSettings], *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._clock = clock
+        self._apps = {settings.project_id: _App(settings, clock) for settings in apps}
+
+    async def stop(self) -> None:
+        """Close the HTTP clients."""
+        for app in self._apps.values():
+            await app.client.aclose()
+
+    async def send(self, request: PushRequest) -> PushResult:
+        """Send one data message and classify FCM's answer."""
+        app = self._apps.get(request.app_id)
+        if app is None:
+            raise PermanentPushError("unknown_app", None, f"no FCM project {request.app_id}")
+        try:
+            push = build_fcm(request, self._clock(), app.settings.template)
+        except PayloadError as exc:
+            raise PermanentPushError("invalid_request", None, str(exc)) from exc
+        response = await self._post(app, request.token, push)
+        return self._classify(app, response)
+
+    async def _post(self, app: _App, token: str, push: FcmPush) -> httpx.Response:
+        """The network call: POST messages:send with a Bearer access token."""
+        access_token = await app.tokens.token()
+        try:
+            return await app.client.post(
+                app.url,
+                json=push.message(token),
+                headers={"authorization": f"Bearer {access_token}"},
+            )
+        except httpx.TransportError as exc:
+            raise TemporaryPushError("connection", None, None, _text(exc)) from exc
+
+    def _classify(self, app: _App, response: httpx.Response) -> PushResult:
+        status = response.status_code
+        body = _json(response)
+        if status == 200:
+            name = body.get("name")
+            return PushResult(PushOutcome.DELIVERED, self.name, status, push_id=str(name or ""))
+        code, message, fields = _error_details(body)
+        reason = code or response.reason_phrase
+        if status == 404 and code in DEAD_TOKEN_CODES:
+            return PushResult(PushOutcome.DEAD_TOKEN, self.name, status, reason)
+        if status == 400 and code == "INVALID_ARGUMENT" and _about_token(message, fields):
+            return PushResult(PushOutcome.DEAD_TOKEN, self.name, status, reason)
+        if status == 401:
+            app.tokens.invalidate()
+            raise TemporaryPushError(reason, status)
+        if status == 429 or status >= 500:
+            retry = parse_retry_after(response.headers.get("retry-after"))
+            raise TemporaryPushError(reason, status, retry)
+        raise PermanentPushError(reason, status, message)
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _error_details(body: Mapping[str, Any]) -> tuple[str, str, list[str]]:
+    """(errorCode or status, message, fieldViolations fields) from a google.rpc.Status body."""
+    error = body.get("error")
+    if not isinstance(error, dict):
+        return "", "", []
+    code = str(error.get("status") or "")
+    fields: list[str] = []
+    for detail in error.get("details") or ():
+        if not isinstance(detail, dict):
+            continue
+        if detail.get("errorCode"):
+            code = str(detail["errorCode"])  # FcmError: more precise than status
+        for violation in detail.get("fieldViolations") or ():
+            if isinstance(violation, dict):
+                fields.append(str(violation.get("field", "")))
+    return code, str(error.get("message") or ""), fields
+
+
+def _about_token(message: str, fields: Sequence[str]) -> bool:
+    """True when an INVALID_ARGUMENT answer is about the registration token, not the message."""
+    return "message.token" in fields or "registration token" in message.lower()
+
+
+def _text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

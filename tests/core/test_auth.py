@@ -15,6 +15,7 @@ from sipushd.core.auth import (
     is_trusted,
     parse_networks,
 )
+from sipushd.sip import Request, parse_message
 from sipushd.sip.digest import digest_response, ha1
 
 REALM = "example.org"
@@ -279,3 +280,25 @@ def test_is_trusted() -> None:
 def test_parse_networks_names_the_bad_entry() -> None:
     with pytest.raises(ValueError, match=r"10\.0\.0\.300"):
         parse_networks(["10.0.0.0/8", "10.0.0.300/8"])
+
+
+def test_verify_a_parsed_register() -> None:
+    auth = make_auth()
+    nonce = nonce_of(auth.challenge(1000.0)[1])
+    cred = authorization(nonce, algorithm="MD5")
+    data = (
+        "REGISTER sip:example.org SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK776asdhds\r\n"
+        "Max-Forwards: 70\r\n"
+        "To: <sip:alice@example.org>\r\n"
+        "From: <sip:alice@example.org>;tag=456248\r\n"
+        "Call-ID: 843817637684230@998sdasdh09\r\n"
+        "CSeq: 1826 REGISTER\r\n"
+        "Contact: <sip:alice@192.0.2.1>\r\n"
+        f"Authorization: {cred}\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+    request = parse_message(data)
+    assert isinstance(request, Request)
+    result = auth.verify(request.method, request.authorization, USERS, 1001.0)
+    assert result.ok and result.username == "alice"

@@ -13,6 +13,7 @@ from sipushd.core.pushparams import (
     is_capability_query,
     parse_push_target,
 )
+from sipushd.sip import parse_uri
 
 VOIP = "a" * 64
 REMOTE = "b" * 64
@@ -317,3 +318,14 @@ def test_arbitrary_values_only_raise_push_param_error(params: dict[str, str]) ->
         assert exc.reason
     else:
         assert target is None or all(token for _, token in target.tokens)
+
+
+def test_params_of_a_parsed_contact_uri() -> None:
+    uri = parse_uri(
+        "sip:alice@192.0.2.1:5060;transport=tcp;pn-provider=apns.dev"
+        ";pn-param=ABCD123456.org.linphone.phone.voip%26remote"
+        f";pn-prid={VOIP}%3Avoip%26{REMOTE}%3Aremote"
+    )
+    t = parse_push_target(dict(uri.params))
+    assert t is not None and t.sandbox
+    assert t.voip_token == VOIP and t.remote_token == REMOTE

@@ -1,0 +1,162 @@
+"""UDP on real loopback sockets: requests in with received/rport, responses out to rport,
+keep-alives, malformed datagrams, IPv6."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+
+from sipushd.sip import Endpoint, Response, make_response, parse_message
+from sipushd.transport import TransportError, response_destination
+from sipushd.transport.wire import STUN_MAGIC
+from tests.transport.conftest import HarnessFactory, UdpPeerFactory
+from tests.transport.helpers import needs_ipv6, sip_request
+
+
+@pytest.mark.asyncio
+async def test_request_in_response_out_to_rport(
+    make_harness: HarnessFactory, udp_peer: UdpPeerFactory
+) -> None:
+    harness = make_harness()
+    bound = await harness.manager.listen("udp", "127.0.0.1", 0)
+    assert bound.transport == "udp" and bound.port > 0
+    peer = await udp_peer()
+    # sent-by names a port nobody listens on: only rport can bring the answer back.
+    peer.send(
+        sip_request(via="SIP/2.0/UDP 127.0.0.1:9;rport;branch=z9hG4bK-u1"),
+        ("127.0.0.1", bound.port),
+    )
+
+    message, source = await harness.recorder.request()
+    assert source == Endpoint("udp", "127.0.0.1", peer.port)
+    assert message.top_via.rport == str(peer.port)
+    assert message.top_via.received == "127.0.0.1"
+
+    response = make_response(message, 200)
+    destination = response_destination(response, source)
+    assert destination == Endpoint("udp", "127.0.0.1", peer.port)
+    assert harness.manager.send(response, destination) == destination
+
+    answer = parse_message(await peer.receive())
+    assert isinstance(answer, Response)
+    assert answer.status == 200 and answer.top_via.branch == "z9hG4bK-u1"
+    stats = harness.manager.stats()
+    assert stats.messages_in == 1 and stats.messages_out == 1
+
+
+@pytest.mark.asyncio
+async def test_received_added_when_sent_by_differs(
+    make_harness: HarnessFactory, udp_peer: UdpPeerFactory
+) -> None:
+    harness = make_harness()
+    bound = await harness.manager.listen("udp", "127.0.0.1", 0)
+    peer = await udp_peer()
+    peer.send(
+        sip_request(via="SIP/2.0/UDP 10.1.2.3:5070;branch=z9hG4bK-u2"), ("127.0.0.1", bound.port)
+    )
+    message, _ = await harness.recorder.request()
+    assert message.top_via.received == "127.0.0.1"
+    assert message.top_via.rport is None
+
+
+@pytest.mark.asyncio
+async def test_responses_are_delivered_unchanged(
+    make_harness: HarnessFactory, udp_peer: UdpPeerFactory
+) -> None:
+    harness = make_harness()
+    bound = await harness.manager.listen("udp", "127.0.0.1", 0)
+    peer = await udp_peer()
+    raw = make_response(parse_message(sip_request()), 180).to_bytes()
+    peer.send(raw, ("127.0.0.1", bound.port))
+    message, source = await harness.recorder.message()
+    assert isinstance(message, Response) and message.status == 180
+    assert message.top_via.received is None
+    assert source.port == peer.port
+
+
+@pytest.mark.asyncio
+async def test_keepalives_are_ignored_and_stun_is_answered(
+    make_harness: HarnessFactory, udp_peer: UdpPeerFactory
+) -> None:
+    harness = make_harness()
+    bound = await harness.manager.listen("udp", "127.0.0.1", 0)
+    peer = await udp_peer()
+    target = ("127.0.0.1", bound.port)
+    peer.send(b"\r\n\r\n", target)
+    peer.send(b"\r\n", target)
+    binding = struct.pack("!HH", 0x0001, 0) + STUN_MAGIC + b"T" * 12
+    peer.send(binding, target)
+    answer = await peer.receive()
+    assert answer[:2] == b"\x01\x01" and answer[8:20] == b"T" * 12
+    # A SIP message sent after the keep-alives is the first thing delivered.
+    peer.send(sip_request(call_id="after-keepalive"), target)
+    message, _ = await harness.recorder.request()
+    assert message.call_id == "after-keepalive"
+    assert harness.recorder.parse_errors.empty()
+    assert harness.manager.stats().keepalives == 3
+
+
+@pytest.mark.asyncio
+async def test_malformed_request_gets_400_when_possible(
+    make_harness: HarnessFactory, udp_peer: UdpPeerFactory
+) -> None:
+    harness = make_harness()
+    bound = await harness.manager.listen("udp", "127.0.0.1", 0)
+    peer = await udp_peer()
+    bad = sip_request(call_id="bad-1").replace(b"Max-Forwards: 70", b"Max-Forwards: many")
+    peer.send(bad, ("127.0.0.1", bound.port))
+    answer = parse_message(await peer.receive())
+    assert isinstance(answer, Response)
+    assert answer.status == 400 and answer.call_id == "bad-1"
+    reason, source = await harness.recorder.parse_error()
+    assert reason and source.port == peer.port
+    assert harness.recorder.messages.empty()
+
+
+@pytest.mark.asyncio
+async def test_unanswerable_garbage_is_dropped(
+    make_harness: HarnessFactory, udp_peer: UdpPeerFactory
+) -> None:
+    harness = make_harness()
+    bound = await harness.manager.listen("udp", "127.0.0.1", 0)
+    peer = await udp_peer()
+    target = ("127.0.0.1", bound.port)
+    peer.send(b"HELLO THERE\r\n\r\n", target)
+    await harness.recorder.parse_error()
+    peer.send(sip_request(call_id="next"), target)
+    message, _ = await harness.recorder.request()
+    assert message.call_id == "next"
+    assert peer.received.empty()
+    assert harness.manager.stats().parse_errors == 1
+
+
+@needs_ipv6
+@pytest.mark.asyncio
+async def test_ipv6_request_and_response(
+    make_harness: HarnessFactory, udp_peer: UdpPeerFactory
+) -> None:
+    harness = make_harness()
+    await harness.manager.listen("udp", "127.0.0.1", 0)
+    bound = await harness.manager.listen("udp", "::1", 0)
+    assert bound.host == "::1"
+    peer = await udp_peer("::1")
+    peer.send(sip_request(via="SIP/2.0/UDP [::1]:9;rport;branch=z9hG4bK-v6"), ("::1", bound.port))
+    message, source = await harness.recorder.request()
+    assert source.host == "::1" and message.top_via.rport == str(peer.port)
+    destination = response_destination(make_response(message, 200), source)
+    harness.manager.send(make_response(message, 200), destination)
+    answer = parse_message(await peer.receive())
+    assert isinstance(answer, Response) and answer.status == 200
+    assert harness.manager.local_endpoint("udp", socket.AF_INET6) == bound
+    assert harness.manager.local_endpoint("udp").host == "127.0.0.1"
+
+
+@pytest.mark.asyncio
+async def test_send_without_a_listener_of_that_family_fails(make_harness: HarnessFactory) -> None:
+    harness = make_harness()
+    await harness.manager.listen("udp", "127.0.0.1", 0)
+    message = parse_message(sip_request())
+    with pytest.raises(TransportError):
+        harness.manager.send(message, Endpoint("udp", "::1", 5060))

@@ -22,7 +22,7 @@ TOKEN_RE = re.compile(TOKEN)
 # quoted-string  =  SWS DQUOTE *(qdtext / quoted-pair ) DQUOTE
 # qdtext         =  LWS / %x21 / %x23-5B / %x5D-7E / UTF8-NONASCII
 # quoted-pair    =  "\" (%x00-09 / %x0B-0C / %x0E-7F)
-QUOTED_STRING = r'"(?:[^"\\]|\\.)*"'
+QUOTED_STRING = r'"[^"\\]*+(?:\\.[^"\\]*+)*+"'
 QUOTED_PAIR_RE = re.compile(r"\\(.)")
 
 # generic-param  =  token [ EQUAL gen-value ]
@@ -31,6 +31,10 @@ QUOTED_PAIR_RE = re.compile(r"\\(.)")
 GENERIC_PARAM_RE = re.compile(
     rf"{SWS};{SWS}({TOKEN})(?:{SWS}={SWS}({QUOTED_STRING}|[^ \t;,\"]+))?{SWS}"
 )
+
+# A list header element (RFC 3261 §7.3.1): commas inside quoted strings and
+# <...> do not separate elements.
+LIST_ELEMENT_RE = re.compile(rf'(?:[^",<]++|{QUOTED_STRING}|<[^>]*+>)*+')
 
 # auth-param       =  auth-param-name EQUAL ( token / quoted-string )
 # auth-param-name  =  token
@@ -64,9 +68,9 @@ STATUS_LINE_RE = re.compile(r"(SIP/[0-9]+\.[0-9]+) ([1-6][0-9][0-9])(?: (.*))?",
 # SIP-Version  =  "SIP" "/" 1*DIGIT "." 1*DIGIT
 SIP_VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.IGNORECASE)
 
-# Control characters are not allowed anywhere in a message head; bare CR or LF
-# (not part of CRLF) would let a value smuggle a header line.
-BAD_HEAD_CHARS_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
+# Control characters other than HTAB, CR and LF are not allowed in a message
+# head (CR and LF are checked separately: only as CRLF pairs).
+BAD_HEAD_CHARS_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # A header value set from code may not contain CR, LF or NUL.
 BAD_VALUE_CHARS_RE = re.compile(r"[\x00\r\n]")
 

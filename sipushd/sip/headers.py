@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from sipushd.sip import _abnf
 from sipushd.sip.errors import SipParseError
@@ -130,12 +131,17 @@ class Headers:
         self._index = None
 
     @classmethod
-    def _trusted(cls, items: tuple[tuple[str, str], ...], keys: tuple[str, ...]) -> Headers:
+    def _trusted(
+        cls,
+        items: tuple[tuple[str, str], ...],
+        keys: tuple[str, ...],
+        index: dict[str, list[str]] | None = None,
+    ) -> Headers:
         # Used by the parser, which has already validated and canonicalised names.
         obj = cls.__new__(cls)
         obj._items = items
         obj._keys = keys
-        obj._index = None
+        obj._index = index
         return obj
 
     def _lookup(self) -> dict[str, list[str]]:
@@ -149,6 +155,10 @@ class Headers:
                     index[key] = [value]
             self._index = index
         return index
+
+    def _by_key(self, key: str) -> list[str] | tuple[()]:
+        # Field values for a lowercase canonical key, without copying.
+        return self._lookup().get(key, ())
 
     def get(self, name: str) -> str | None:
         """First field value of ``name``, or None."""
@@ -245,30 +255,21 @@ def split_list(value: str, *, strict: bool = True) -> list[str]:
 
 def _split_quoted(value: str, strict: bool) -> list[str]:
     parts: list[str] = []
-    start = 0
-    i = 0
-    n = len(value)
-    while i < n:
-        ch = value[i]
-        if ch == '"':
-            i += 1
-            while i < n and value[i] != '"':
-                i += 2 if value[i] == "\\" else 1
-            if i >= n and strict:
-                raise SipParseError(f"unterminated quoted string in {value!r}")
-        elif ch == "<":
-            end = value.find(">", i)
-            if end < 0:
-                if strict:
-                    raise SipParseError(f"unterminated '<' in {value!r}")
-                end = n
-            i = end
-        elif ch == ",":
-            parts.append(value[start:i].strip(" \t"))
-            start = i + 1
-        i += 1
-    parts.append(value[start:].strip(" \t"))
-    return parts
+    pos = 0
+    end = len(value)
+    match = _abnf.LIST_ELEMENT_RE.match
+    while True:
+        m = match(value, pos)
+        stop = m.end() if m else pos
+        if stop < end and value[stop] != ",":
+            # An unterminated quoted string or '<'.
+            if strict:
+                raise SipParseError(f"unterminated quote or '<' in {value!r}")
+            stop = end
+        parts.append(value[pos:stop].strip(" \t"))
+        if stop >= end:
+            return parts
+        pos = stop + 1
 
 
 def parse_uint(text: str, what: str) -> int:
@@ -453,6 +454,13 @@ _QUOTED_RE = re.compile(_abnf.QUOTED_STRING)
 
 def parse_name_addr(text: str) -> NameAddr:
     """Parse ``name-addr`` or ``addr-spec`` plus header params; raises SipParseError."""
+    return _parse_name_addr_cached(text)
+
+
+# The result is immutable; To, Contact and Route values repeat across
+# requests (registration refreshes, in-dialog requests), so recent ones are kept.
+@lru_cache(maxsize=4096)
+def _parse_name_addr_cached(text: str) -> NameAddr:
     s = text.strip(" \t")
     display: str | None = None
     if s.startswith('"'):

@@ -38,6 +38,9 @@ from sipushd.sip.uri import SipUri
 _T = TypeVar("_T")
 
 
+_MISSING = object()
+
+
 class _Message:
     """Typed accessors shared by Request and Response."""
 
@@ -47,22 +50,21 @@ class _Message:
 
     def _memo(self, key: str, compute: Callable[[], _T]) -> _T:
         cache = self._cache
-        if key in cache:
-            return cast(_T, cache[key])
-        value = compute()
-        cache[key] = value
-        return value
+        value = cache.get(key, _MISSING)
+        if value is _MISSING:
+            value = cache[key] = compute()
+        return cast(_T, value)
 
-    def _single(self, name: str) -> str:
-        fields = self.headers.get_all(name)
+    def _single(self, key: str, name: str) -> str:
+        fields = self.headers._by_key(key)
         if not fields:
             raise SipParseError(f"missing {name} header")
         if len(fields) > 1:
             raise SipParseError(f"more than one {name} header")
         return fields[0]
 
-    def _name_addrs(self, name: str) -> tuple[NameAddr, ...]:
-        return tuple(parse_name_addr(v) for f in self.headers.get_all(name) for v in split_list(f))
+    def _name_addrs(self, key: str) -> tuple[NameAddr, ...]:
+        return tuple(parse_name_addr(v) for f in self.headers._by_key(key) for v in split_list(f))
 
     def replace(self, **changes: object) -> Self:
         """Copy with fields replaced (dataclasses.replace)."""
@@ -74,10 +76,12 @@ class _Message:
         return list(self._vias())
 
     def _vias(self) -> tuple[Via, ...]:
-        return self._memo(
-            "via",
-            lambda: tuple(parse_via(v) for f in self.headers.get_all("Via") for v in split_list(f)),
-        )
+        vias = self._cache.get("via")
+        if vias is None:
+            vias = self._cache["via"] = tuple(
+                parse_via(v) for f in self.headers._by_key("via") for v in split_list(f)
+            )
+        return cast(tuple[Via, ...], vias)
 
     @property
     def top_via(self) -> Via:
@@ -90,38 +94,47 @@ class _Message:
     @property
     def from_(self) -> NameAddr:
         """The From header (RFC 3261 §20.20)."""
-        return self._memo("from", lambda: parse_name_addr(self._single("From")))
+        value = self._cache.get("from")
+        if value is None:
+            value = self._cache["from"] = parse_name_addr(self._single("from", "From"))
+        return cast(NameAddr, value)
 
     @property
     def to(self) -> NameAddr:
         """The To header (RFC 3261 §20.39)."""
-        return self._memo("to", lambda: parse_name_addr(self._single("To")))
+        value = self._cache.get("to")
+        if value is None:
+            value = self._cache["to"] = parse_name_addr(self._single("to", "To"))
+        return cast(NameAddr, value)
 
     @property
     def call_id(self) -> str:
         """The Call-ID (RFC 3261 §20.8)."""
-        return self._memo("call-id", self._parse_call_id)
-
-    def _parse_call_id(self) -> str:
-        value = self._single("Call-ID")
-        if _abnf.CALL_ID_RE.fullmatch(value) is None:
-            raise SipParseError(f"bad Call-ID: {value!r}")
-        return value
+        value = self._cache.get("call-id")
+        if value is None:
+            value = self._single("call-id", "Call-ID")
+            if _abnf.CALL_ID_RE.fullmatch(value) is None:
+                raise SipParseError(f"bad Call-ID: {value!r}")
+            self._cache["call-id"] = value
+        return cast(str, value)
 
     @property
     def cseq(self) -> CSeq:
         """The CSeq header (RFC 3261 §20.16)."""
-        return self._memo("cseq", lambda: parse_cseq(self._single("CSeq")))
+        value = self._cache.get("cseq")
+        if value is None:
+            value = self._cache["cseq"] = parse_cseq(self._single("cseq", "CSeq"))
+        return cast(CSeq, value)
 
     @property
     def max_forwards(self) -> int | None:
         """Max-Forwards (RFC 3261 §20.22), None if absent."""
-        return self._memo("max-forwards", lambda: self._optional_uint("Max-Forwards"))
+        return self._memo("max-forwards", lambda: self._optional_uint("max-forwards"))
 
-    def _optional_uint(self, name: str) -> int | None:
-        if name not in self.headers:
+    def _optional_uint(self, key: str) -> int | None:
+        if not self.headers._by_key(key):
             return None
-        return parse_uint(self._single(name), name)
+        return parse_uint(self._single(key, key), key)
 
     @property
     def contacts(self) -> list[NameAddr]:
@@ -134,10 +147,13 @@ class _Message:
         return self._contacts()[1]
 
     def _contacts(self) -> tuple[tuple[NameAddr, ...], bool]:
-        return self._memo("contact", self._parse_contacts)
+        value = self._cache.get("contact")
+        if value is None:
+            value = self._cache["contact"] = self._parse_contacts()
+        return cast(tuple[tuple[NameAddr, ...], bool], value)
 
     def _parse_contacts(self) -> tuple[tuple[NameAddr, ...], bool]:
-        values = [v for f in self.headers.get_all("Contact") for v in split_list(f)]
+        values = [v for f in self.headers._by_key("contact") for v in split_list(f)]
         if "*" in values:
             # RFC 3261 §10.3 step 6: "*" must be the only Contact value.
             if len(values) > 1:
@@ -148,22 +164,22 @@ class _Message:
     @property
     def routes(self) -> list[NameAddr]:
         """Route values (RFC 3261 §20.34)."""
-        return list(self._memo("route", lambda: self._name_addrs("Route")))
+        return list(self._memo("route", lambda: self._name_addrs("route")))
 
     @property
     def record_routes(self) -> list[NameAddr]:
         """Record-Route values (RFC 3261 §20.30)."""
-        return list(self._memo("record-route", lambda: self._name_addrs("Record-Route")))
+        return list(self._memo("record-route", lambda: self._name_addrs("record-route")))
 
     @property
     def paths(self) -> list[NameAddr]:
         """Path values (RFC 3327)."""
-        return list(self._memo("path", lambda: self._name_addrs("Path")))
+        return list(self._memo("path", lambda: self._name_addrs("path")))
 
     @property
     def expires(self) -> int | None:
         """The Expires header in seconds (RFC 3261 §20.19), None if absent."""
-        return self._memo("expires", lambda: self._optional_uint("Expires"))
+        return self._memo("expires", lambda: self._optional_uint("expires"))
 
     @property
     def require(self) -> list[str]:

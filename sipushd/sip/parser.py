@@ -8,14 +8,15 @@ parsed and validated here, so a message that comes out is usable.
 
 from __future__ import annotations
 
+import re
+
 from sipushd.sip import _abnf
 from sipushd.sip.errors import SipParseError
-from sipushd.sip.headers import Headers, canonical_name, parse_uint
+from sipushd.sip.headers import _NAME_CACHE, Headers, canonical_name, parse_uint
 from sipushd.sip.message import Request, Response
 from sipushd.sip.uri import parse_uri
 
 DEFAULT_MAX_MESSAGE_SIZE = 65536
-_REQUIRED = ("From", "To", "Call-ID", "CSeq")
 
 Message = Request | Response
 
@@ -57,49 +58,56 @@ def _parse_datagram(data: bytes, max_message_size: int) -> Message:
     return build_message(start_line, headers, body)
 
 
+# Octets allowed in a message head: HTAB, LF, CR, visible ASCII, SP and all
+# non-ASCII (UTF-8 is checked by decoding). Other controls are refused.
+_HEAD_OCTETS = bytes([0x09, 0x0A, 0x0D, *range(0x20, 0x7F), *range(0x80, 0x100)])
+
+
 def parse_head(head: bytes) -> tuple[str, Headers, int | None]:
     """Split a message head into start line, headers and Content-Length (if any)."""
+    if head.translate(None, _HEAD_OCTETS):
+        raise SipParseError("control character in message head")
     text = head.decode("utf-8")
-    if _abnf.BAD_HEAD_CHARS_RE.search(text):
-        raise SipParseError("control character or bare CR/LF in message head")
+    if "\r\n " in text or "\r\n\t" in text:
+        # RFC 3261 §7.3.1: a line starting with whitespace continues the
+        # previous one; the fold is equivalent to a single SP.
+        text = _FOLD_RE.sub(" ", text)
     lines = text.split("\r\n")
-    names: list[str] = []
-    values: list[str] = []
+    crlfs = len(lines) - 1
+    if text.count("\r") != crlfs or text.count("\n") != crlfs:
+        # A bare CR or LF would let a value smuggle a header line.
+        raise SipParseError("bare CR or LF in message head")
+    items: list[tuple[str, str]] = []
     keys: list[str] = []
+    index: dict[str, list[str]] = {}
+    lengths: list[str] = []
+    known = _NAME_CACHE.get
     for line in lines[1:]:
-        if line[:1] in (" ", "\t"):
-            # RFC 3261 §7.3.1: a line starting with whitespace continues the
-            # previous value; the fold is equivalent to one SP.
-            if not values:
-                raise SipParseError("continuation line before the first header")
-            folded = line.strip(" \t")
-            values[-1] = f"{values[-1]} {folded}" if values[-1] else folded
-            continue
         name, colon, value = line.partition(":")
         if not colon:
             raise SipParseError(f"header line without ':': {line[:40]!r}")
-        display, key = canonical_name(name.rstrip(" \t"))
-        names.append(display)
-        values.append(value.strip(" \t"))
+        display, key = known(name) or canonical_name(name.rstrip(" \t"))
+        value = value.strip(" \t")
+        if key == "content-length":
+            lengths.append(value)
+            continue
+        items.append((display, value))
         keys.append(key)
-    length = None
-    if "content-length" in keys:
-        length = _content_length(keys, values)
-        kept = [i for i, k in enumerate(keys) if k != "content-length"]
-        names = [names[i] for i in kept]
-        values = [values[i] for i in kept]
-        keys = [keys[i] for i in kept]
-    return lines[0], Headers._trusted(tuple(zip(names, values, strict=True)), tuple(keys)), length
+        if key in index:
+            index[key].append(value)
+        else:
+            index[key] = [value]
+    length = _content_length(lengths) if lengths else None
+    return lines[0], Headers._trusted(tuple(items), tuple(keys), index), length
 
 
-def _content_length(keys: list[str], values: list[str]) -> int:
+_FOLD_RE = re.compile(r"[ \t]*\r\n[ \t]+")
+
+
+def _content_length(values: list[str]) -> int:
     # RFC 3261 §20.14 / §25: one non-negative decimal value; conflicting
     # duplicates make the framing ambiguous.
-    found = {
-        parse_uint(v, "Content-Length")
-        for k, v in zip(keys, values, strict=True)
-        if k == "content-length"
-    }
+    found = {parse_uint(v, "Content-Length") for v in values}
     if len(found) > 1:
         raise SipParseError("conflicting Content-Length headers")
     return found.pop()
@@ -144,16 +152,13 @@ def _check_version(version: str) -> None:
 def _validate(msg: Message) -> None:
     # RFC 3261 §8.1.1: the mandatory headers; parsing them here means bad
     # values are rejected with 400 instead of failing deep in the stack.
-    if not msg.vias:
+    if not msg._vias():
         raise SipParseError("missing Via header")
-    for name in _REQUIRED:
-        if name not in msg.headers:
-            raise SipParseError(f"missing {name} header")
-    _ = msg.from_, msg.to, msg.call_id, msg.max_forwards, msg.contacts
-    if isinstance(msg, Request) and msg.cseq.method != msg.method:
+    cseq = msg.cseq
+    if isinstance(msg, Request) and cseq.method != msg.method:
         # RFC 3261 §8.1.1.5: the CSeq method matches the request method.
         raise SipParseError("CSeq method does not match the request method")
-    _ = msg.cseq
+    _ = msg.from_, msg.to, msg.call_id, msg.max_forwards, msg._contacts()
 
 
 class StreamParser:

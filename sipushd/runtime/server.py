@@ -1,0 +1,159 @@
+"""The server core: the transaction user that validates requests and routes them by method.
+
+It answers what needs no other part of sipushd (OPTIONS to the server, the §8.2 / §16.3
+checks) and hands REGISTER, INVITE, MESSAGE, ... to the handler registered for the
+method. Requests it cannot serve get the status RFC 3261 asks for: 416 for a URI scheme
+it does not serve, 420 for an unsupported Require / Proxy-Require, 483 when
+Max-Forwards is exhausted, 405 for a known method without a handler, 501 for an unknown
+method.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterable
+
+import structlog
+
+from sipushd.runtime.engine import Engine
+from sipushd.sip import Endpoint, Request, Response, make_response
+from sipushd.sip.transaction import TransactionKey
+
+log = structlog.get_logger("sipushd.server")
+
+# RFC 3261 §27.4 plus the extensions sipushd's peers send.
+KNOWN_METHODS = frozenset(
+    {
+        "ACK", "BYE", "CANCEL", "INFO", "INVITE", "MESSAGE", "NOTIFY",
+        "OPTIONS", "PRACK", "PUBLISH", "REFER", "REGISTER", "SUBSCRIBE", "UPDATE",
+    }
+)  # fmt: skip
+# Option tags sipushd implements: RFC 3327 Path, RFC 5627 GRUU, RFC 5626 outbound.
+SUPPORTED_EXTENSIONS = ("path", "gruu", "outbound")
+SERVED_SCHEMES = frozenset({"sip", "sips"})
+
+RequestHandler = Callable[[Request, Endpoint, TransactionKey], None]
+
+
+def new_tag() -> str:
+    """A fresh To tag for a response sipushd generates as a UAS (§8.2.6.2)."""
+    return secrets.token_hex(6)
+
+
+class ServerCore:
+    """The TU: request validation, OPTIONS, and dispatch to per-method handlers."""
+
+    def __init__(self, engine: Engine, *, user_agent: str = "sipushd") -> None:
+        self.engine = engine
+        self.user_agent = user_agent
+        self.handlers: dict[str, RequestHandler] = {}
+        self.cancel_handler: (
+            Callable[[Request, Endpoint, TransactionKey, TransactionKey | None], None] | None
+        ) = None
+        self.ack_handler: Callable[[Request, Endpoint], None] | None = None
+        self.stray_response_handler: Callable[[Response, Endpoint], None] | None = None
+
+    @property
+    def allow(self) -> str:
+        """The Allow header value: OPTIONS, ACK, CANCEL and every handled method."""
+        methods = {"OPTIONS", "ACK", "CANCEL", *self.handlers}
+        return ", ".join(sorted(methods))
+
+    def reply(
+        self,
+        key: TransactionKey,
+        request: Request,
+        status: int,
+        reason: str | None = None,
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+    ) -> Response:
+        """Answer server transaction `key` as a UAS (adds a To tag to non-100 answers)."""
+        tag = None if status == 100 else new_tag()
+        response = make_response(
+            request,
+            status,
+            reason,
+            to_tag=tag,
+            headers=[*headers, ("Server", self.user_agent)],
+            body=body,
+        )
+        self.engine.respond(key, response)
+        return response
+
+    # --- TransactionUser -------------------------------------------------------------
+
+    def on_request(self, request: Request, source: Endpoint, key: TransactionKey) -> None:
+        """Validate `request` (§8.2, §16.3) and pass it to its method's handler."""
+        if (problem := self._check(request)) is not None:
+            status, reason, headers = problem
+            self.reply(key, request, status, reason, headers)
+            return
+        handler = self.handlers.get(request.method)
+        if handler is not None:
+            handler(request, source, key)
+        elif request.method == "OPTIONS":
+            self._options(request, key)
+        elif request.method in KNOWN_METHODS:
+            self.reply(key, request, 405, headers=[("Allow", self.allow)])
+        else:
+            self.reply(key, request, 501, headers=[("Allow", self.allow)])
+
+    def on_cancel(
+        self,
+        cancel: Request,
+        source: Endpoint,
+        key: TransactionKey,
+        invite_key: TransactionKey | None,
+    ) -> None:
+        """§9.2: 200 to the CANCEL and 487 to its INVITE, unless a handler takes it."""
+        if self.cancel_handler is not None:
+            self.cancel_handler(cancel, source, key, invite_key)
+            return
+        if invite_key is None:
+            self.reply(key, cancel, 481)
+            return
+        self.reply(key, cancel, 200)
+        invite = cancel.replace(method="INVITE")
+        self.engine.respond(invite_key, make_response(invite, 487, to_tag=new_tag()))
+
+    def on_ack(self, ack: Request, source: Endpoint) -> None:
+        """An ACK for a 2xx: the proxy forwards it; otherwise there is nothing to do."""
+        if self.ack_handler is not None:
+            self.ack_handler(ack, source)
+
+    def on_stray_response(self, response: Response, source: Endpoint) -> None:
+        """A response without a transaction: the proxy forwards it; otherwise dropped."""
+        if self.stray_response_handler is not None:
+            self.stray_response_handler(response, source)
+
+    # --- checks and OPTIONS ----------------------------------------------------------
+
+    def _check(self, request: Request) -> tuple[int, str | None, list[tuple[str, str]]] | None:
+        if request.uri.scheme not in SERVED_SCHEMES:
+            return 416, None, []
+        # §8.2.2.3 and §16.3 step 5: option tags we do not implement.
+        unsupported = [
+            tag
+            for tag in (*request.require, *request.proxy_require)
+            if tag.lower() not in SUPPORTED_EXTENSIONS
+        ]
+        if unsupported and request.method not in ("ACK", "CANCEL"):
+            return 420, None, [("Unsupported", ", ".join(unsupported))]
+        # §16.3 step 3; an OPTIONS for the server itself is answered by it (§11).
+        if request.max_forwards == 0 and request.method != "OPTIONS":
+            return 483, None, []
+        return None
+
+    def _options(self, request: Request, key: TransactionKey) -> None:
+        # §11.2: capabilities of the server itself.
+        self.reply(
+            key,
+            request,
+            200,
+            headers=[
+                ("Allow", self.allow),
+                ("Supported", ", ".join(SUPPORTED_EXTENSIONS)),
+                ("Accept", "application/sdp, text/plain, message/cpim"),
+            ],
+        )

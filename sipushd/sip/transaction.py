@@ -43,9 +43,10 @@ Rules
     and M = 64*T1); the client passes every 2xx up, the server sends every 2xx the
     TU hands it. The INVITE client transaction ACKs non-2xx finals itself.
   - The INVITE server transaction sends 100 Trying as soon as it is created.
-  - Responses go back per §18.2.2: over the request's own flow on TCP/TLS; on UDP to
-    the source address, at the source port if the top Via has rport, else at the
-    sent-by port (default 5060).
+  - Responses go back per §18.2.2 and RFC 3581 (`response_destination`): on TCP/TLS
+    over the request's flow (else a new connection to source host, sent-by port); on
+    UDP to the source address, at the source port when the top Via has rport, else at
+    the sent-by port; maddr honoured. This agrees with sipushd.transport's routing.
   - Retransmission timers A, E, G run on unreliable transports only; D, I, J, K are 0
     on reliable ones, so those transactions end as soon as they complete.
   - MessageReceived raises SipParseError, with no state changed, when a header the
@@ -142,6 +143,8 @@ __all__ = [
 
 # Index of the To tag inside TransactionKey.legacy (see _legacy_fields).
 _LEGACY_TO_TAG = 1
+# RFC 3261 §19.1.2: default ports per transport.
+_DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
 
 
 def client_key(message: Request | Response) -> TransactionKey:
@@ -176,13 +179,23 @@ def _legacy_fields(request: Request) -> tuple[str, ...]:
 
 
 def response_destination(request: Request, source: Endpoint) -> Endpoint:
-    """Where the responses of a server transaction go (§18.2.2, RFC 3581)."""
-    if source.reliable:
-        return source
+    """Where the responses of a server transaction go (§18.2.2, RFC 3581 §4).
+
+    `source` is where the request came from; it stands for the `received` parameter
+    whether or not the transport stamped the Via. TCP/TLS: the request's flow, or a new
+    connection to the sent-by port. UDP: maddr at the sent-by port, else the source
+    address at the source port with rport, else at the sent-by port.
+    """
     via = request.top_via
+    sent_by_port = via.port or _DEFAULT_PORTS.get(source.transport, 5060)
+    if source.reliable:
+        return Endpoint(source.transport, source.host, sent_by_port, source.flow)
+    maddr = via.param("maddr")
+    if maddr:
+        return Endpoint(source.transport, maddr.strip("[]"), sent_by_port)
     if via.rport is not None:
-        return source
-    return dataclasses.replace(source, port=via.port or 5060)
+        return Endpoint(source.transport, source.host, source.port)
+    return Endpoint(source.transport, source.host, sent_by_port)
 
 
 class TransactionLayer:

@@ -31,6 +31,8 @@ from sipushd.sip.uri import parse_uri
 
 PHONE_UDP = Endpoint("udp", "192.0.2.44", 40001)
 PHONE_TCP = Endpoint("tcp", "192.0.2.44", 40001, flow=9)
+# §18.2.2: responses use the request's connection, else reconnect to the sent-by port.
+PHONE_TCP_REPLY = Endpoint("tcp", "192.0.2.44", 5062, flow=9)
 
 
 def request(
@@ -177,7 +179,7 @@ def test_invite_final_over_tcp_no_timer_g_and_ack_terminates_at_once() -> None:
     inv = request(transport="TCP")
     key, actions = receive(layer, inv, PHONE_TCP)
     assert [(a.destination, a.key) for a in actions if isinstance(a, Transmit)] == [
-        (PHONE_TCP, key)
+        (PHONE_TCP_REPLY, key)
     ]
     busy = make_response(inv, 404, to_tag="b1")
     layer.handle(ResponseSent(busy, key), 1.0)
@@ -199,18 +201,20 @@ def test_invite_final_over_tcp_without_ack_times_out_with_timer_h() -> None:
     ]
 
 
-@pytest.mark.parametrize("source", [PHONE_UDP, PHONE_TCP])
-def test_invite_2xx_goes_to_accepted_until_timer_l(source: Endpoint) -> None:
+@pytest.mark.parametrize(
+    ("source", "reply"), [(PHONE_UDP, PHONE_UDP), (PHONE_TCP, PHONE_TCP_REPLY)]
+)
+def test_invite_2xx_goes_to_accepted_until_timer_l(source: Endpoint, reply: Endpoint) -> None:
     layer = TransactionLayer()
     inv = request(transport=source.transport.upper())
     key, _ = receive(layer, inv, source)
     ok = make_response(inv, 200, to_tag="b1")
-    assert layer.handle(ResponseSent(ok, key), 2.0) == [Transmit(ok, source, key)]
+    assert layer.handle(ResponseSent(ok, key), 2.0) == [Transmit(ok, reply, key)]
     assert layer.state(key) is InviteServerState.ACCEPTED
 
     # RFC 6026 §7.1: INVITE retransmissions absorbed, the TU's 2xx retransmissions sent.
     assert layer.handle(MessageReceived(inv, source), 2.4) == []
-    assert layer.handle(ResponseSent(ok, key), 2.5) == [Transmit(ok, source, key)]
+    assert layer.handle(ResponseSent(ok, key), 2.5) == [Transmit(ok, reply, key)]
     # The ACK for a 2xx carries a new branch: it is the TU's (§17.2.3).
     ack = ack_for(inv, ok, new_branch="z9hG4bK-ack2xx")
     assert layer.handle(MessageReceived(ack, source), 2.6) == [DeliverAck(ack, source)]
@@ -281,7 +285,7 @@ def test_non_invite_over_tcp_terminates_on_final() -> None:
     key, _ = receive(layer, msg, PHONE_TCP)
     ok = make_response(msg, 200, to_tag="b1")
     assert layer.handle(ResponseSent(ok, key), 0.1) == [
-        Transmit(ok, PHONE_TCP, key),
+        Transmit(ok, PHONE_TCP_REPLY, key),
         TransactionTerminated(key),
     ]
     assert len(layer) == 0 and layer.next_deadline() is None
@@ -300,12 +304,23 @@ def test_transport_failure_ends_a_server_transaction() -> None:
 
 def test_response_destination() -> None:
     assert response_destination(request(), PHONE_UDP) == PHONE_UDP  # rport: source port
+    stamped = request(sent_by="10.0.0.2:5062;received=192.0.2.44;rport=40001", rport=False)
+    assert response_destination(stamped, PHONE_UDP) == PHONE_UDP
     assert response_destination(request(rport=False), PHONE_UDP) == Endpoint(
         "udp", "192.0.2.44", 5062
     )
     no_port = request(rport=False, sent_by="10.0.0.2")
     assert response_destination(no_port, PHONE_UDP).port == 5060
-    assert response_destination(request(rport=False, transport="TCP"), PHONE_TCP) == PHONE_TCP
+    multicast = request(sent_by="10.0.0.2:5062;maddr=239.255.255.1")
+    assert response_destination(multicast, PHONE_UDP) == Endpoint("udp", "239.255.255.1", 5062)
+    # TCP/TLS: the same connection; the sent-by port if it has to be reopened.
+    assert response_destination(request(transport="TCP"), PHONE_TCP) == Endpoint(
+        "tcp", "192.0.2.44", 5062, flow=9
+    )
+    tls = Endpoint("tls", "192.0.2.44", 40002, flow=4)
+    assert response_destination(request(transport="TLS", sent_by="10.0.0.2"), tls) == Endpoint(
+        "tls", "192.0.2.44", 5061, flow=4
+    )
 
 
 # --- matching (§17.2.3) ---------------------------------------------------------------------

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("sipushd.app", "run the registrar and proxy"),
+    "mock-pns": ("sipushd.testing.mock_pns", "run the mock APNs/FCM push service"),
     "check-config": ("sipushd.config", "validate a config file and print a summary"),
     "passwd": ("sipushd.users", "add or change a user in the users file"),
 }

@@ -1,0 +1,619 @@
+"""The mock push service: a local stand-in for APNs and FCM HTTP v1 that records every push.
+
+Rules: answers are framed exactly like Apple's and Google's (PUSH-PROTOCOLS.md): every
+APNs answer carries `apns-id`, a 200 has no body, errors are `{"reason": ...}` (410 adds
+`timestamp`); FCM errors carry `error.status` and `details[].errorCode`. A request is
+validated first; scripted failures (`--respond`) apply only to requests that would
+otherwise succeed. Invalid JSON in an APNs payload is answered 400 `BadPayload`, a reason
+Apple does not document. The control API (`GET`/`DELETE /pushes`, `GET`/`PUT /rules`) is
+served on the same port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import itertools
+import json
+import logging
+import os
+import secrets
+import signal
+import ssl
+import sys
+import time
+import urllib.parse
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from sipushd.testing import pns_protocol as proto
+from sipushd.testing.h2server import H2Server, Request, Response, server_ssl_context
+from sipushd.testing.pki import (
+    ensure_server_credentials,
+    write_test_apns_key,
+    write_test_service_account,
+)
+from sipushd.testing.pns_rules import RULE_HELP, ResponseRule, RuleError, RuleSet, parse_rule
+
+__all__ = [
+    "MockPushService",
+    "RecordedPush",
+    "ResponseRule",
+    "RuleError",
+    "add_arguments",
+    "parse_rule",
+    "run",
+    "write_test_apns_key",
+    "write_test_service_account",
+]
+
+_log = logging.getLogger(__name__)
+
+_ACCESS_TOKEN_LIFETIME = 3600
+_MAX_WAIT = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedPush:
+    """One push request the service received and how it answered it."""
+
+    provider: str
+    token: str
+    headers: Mapping[str, str]
+    payload: Any
+    status: int
+    time: float
+    path: str = ""
+    reason: str | None = None
+    index: int = 0
+
+    @property
+    def push_type(self) -> str:
+        """APNs push type, or for FCM "notification" / "data"."""
+        if self.provider == "apns":
+            return self.headers.get("apns-push-type", "")
+        message = self.payload.get("message") if isinstance(self.payload, dict) else None
+        if isinstance(message, dict) and "notification" in message:
+            return "notification"
+        return "data"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as a JSON-ready dict (the shape of `GET /pushes` items)."""
+        return asdict(self)
+
+    def to_json(self) -> str:
+        """The record as one line of JSON."""
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Grant:
+    expires: float
+    scopes: frozenset[str]
+
+
+class MockPushService:
+    """APNs + FCM stand-in on one HTTPS/HTTP2 port, recording every push."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        rules: Sequence[str] = (),
+        on_push: str | None = None,
+        record: Path | None = None,
+        apns_public_keys: Sequence[Path] = (),
+        max_records: int = 100_000,
+    ) -> None:
+        self._state_dir = Path(state_dir)
+        self._host = host
+        self._requested_port = port
+        self._rules = RuleSet([parse_rule(text) for text in rules])
+        self._on_push = on_push
+        self._record_path = record
+        self._apns_keys = [proto.load_apns_key(path) for path in apns_public_keys]
+        self._records: collections.deque[RecordedPush] = collections.deque(maxlen=max_records)
+        self._next_index = 0
+        self._waiters: set[asyncio.Future[None]] = set()
+        self._jwt_iat: dict[str, float] = {}
+        self._grants: dict[str, _Grant] = {}
+        self._message_ids = itertools.count(1)
+        self._hooks: set[asyncio.Task[None]] = set()
+        self._record_file: IO[str] | None = None
+        self._server: H2Server | None = None
+        self._ca_file = self._state_dir / "ca.pem"
+
+    # lifecycle
+
+    async def start(self) -> None:
+        """Create the certificates if needed, bind and start serving."""
+        creds = await asyncio.to_thread(ensure_server_credentials, self._state_dir)
+        self._ca_file = creds.ca_file
+        server = H2Server(self._handle, server_ssl_context(creds.cert_file, creds.key_file))
+        await server.start(self._host, self._requested_port)
+        self._server = server
+        if self._record_path is not None:
+            self._record_file = self._record_path.open("a", encoding="utf-8")
+
+    async def stop(self) -> None:
+        """Stop serving, let running --on-push commands finish (5 s at most)."""
+        if self._server is not None:
+            await self._server.stop()
+            self._server = None
+        if self._hooks:
+            _done, pending = await asyncio.wait(set(self._hooks), timeout=5.0)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._record_file is not None:
+            self._record_file.close()
+            self._record_file = None
+
+    async def __aenter__(self) -> MockPushService:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # properties and test helpers
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        if self._server is None:
+            raise RuntimeError("MockPushService is not started")
+        return self._server.port
+
+    @property
+    def base_url(self) -> str:
+        """e.g. "https://127.0.0.1:8443"; APNs, FCM, /token and /pushes live under it."""
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"https://{host}:{self.port}"
+
+    @property
+    def token_uri(self) -> str:
+        """The OAuth2 token endpoint for a test service account."""
+        return f"{self.base_url}/token"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA certificate clients must trust."""
+        return self._ca_file
+
+    @property
+    def pushes(self) -> list[RecordedPush]:
+        """Every recorded push still kept, oldest first."""
+        return list(self._records)
+
+    def client_ssl_context(self) -> ssl.SSLContext:
+        """A client TLS context trusting only this service's CA."""
+        context = ssl.create_default_context(cafile=str(self._ca_file))
+        context.set_alpn_protocols(["h2"])
+        return context
+
+    def clear(self) -> None:
+        """Forget the recorded pushes (indexes keep counting up)."""
+        self._records.clear()
+
+    def set_rules(self, rules: Sequence[str]) -> None:
+        """Replace the scripted answers (raises RuleError, leaving the old ones, if bad)."""
+        self._rules = RuleSet([parse_rule(text) for text in rules])
+
+    async def wait_for_push(
+        self,
+        predicate: Callable[[RecordedPush], bool] | None = None,
+        timeout: float = 5.0,  # noqa: ASYNC109 - the test API other suites rely on
+        *,
+        since: int = 0,
+    ) -> RecordedPush:
+        """The oldest recorded push (index >= since) matching `predicate`, waiting for one."""
+        async with asyncio.timeout(timeout):
+            while True:
+                for push in self._select(since):
+                    if predicate is None or predicate(push):
+                        return push
+                await self._changed()
+
+    # recording
+
+    def _select(self, since: int) -> list[RecordedPush]:
+        found = []
+        for push in reversed(self._records):
+            if push.index < since:
+                break
+            found.append(push)
+        found.reverse()
+        return found
+
+    async def _changed(self) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.add(future)
+        try:
+            await future
+        finally:
+            self._waiters.discard(future)
+
+    def _record(
+        self,
+        provider: str,
+        request: Request,
+        token: str,
+        payload: Any,
+        failure: proto.Failure | None,
+    ) -> RecordedPush:
+        headers = dict(request.headers)
+        auth = headers.get("authorization")
+        if auth is not None:
+            scheme, sep, _ = auth.partition(" ")
+            headers["authorization"] = f"{scheme} <redacted>" if sep else "<redacted>"
+        status, reason = (failure.status, failure.reason) if failure else (200, None)
+        push = RecordedPush(
+            provider,
+            token,
+            headers,
+            payload,
+            status,
+            time.time(),
+            path=request.path,
+            reason=reason,
+            index=self._next_index,
+        )
+        self._next_index += 1
+        self._records.append(push)
+        if self._record_file is not None:
+            self._record_file.write(push.to_json() + "\n")
+            self._record_file.flush()
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+        _log.info("%s %d %s token=%s", provider, status, reason or "", token[:12])
+        if status == 200 and self._on_push is not None:
+            task = asyncio.get_running_loop().create_task(self._run_hook(self._on_push, push))
+            self._hooks.add(task)
+            task.add_done_callback(self._hooks.discard)
+        return push
+
+    async def _run_hook(self, command: str, push: RecordedPush) -> None:
+        env = dict(os.environ)
+        env.update(
+            SIPUSHD_PUSH_TOKEN=push.token,
+            SIPUSHD_PUSH_PROVIDER=push.provider,
+            SIPUSHD_PUSH_TYPE=push.push_type,
+        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "/bin/sh", "-c", command, stdin=asyncio.subprocess.PIPE, env=env
+            )
+        except OSError as exc:
+            _log.warning("on-push command could not start: %s", exc)
+            return
+        try:
+            await proc.communicate(push.to_json().encode() + b"\n")
+        except asyncio.CancelledError:
+            proc.kill()
+            await proc.wait()
+            raise
+        _log.log(
+            logging.INFO if proc.returncode == 0 else logging.WARNING,
+            "on-push command exited with status %s (push %d)",
+            proc.returncode,
+            push.index,
+        )
+
+    # request routing
+
+    async def _handle(self, request: Request) -> Response:
+        path = request.path
+        if path.startswith("/3/"):
+            return await self._apns(request)
+        if path.startswith("/v1/"):
+            return await self._fcm(request)
+        if path == "/token":
+            return self._token(request)
+        if path == "/pushes":
+            return await self._pushes(request)
+        if path == "/rules":
+            return self._rules_api(request)
+        return _json(404, {"error": f"no such path: {path}"})
+
+    # APNs
+
+    async def _apns(self, request: Request) -> Response:
+        apns_id = request.headers.get("apns-id") or str(uuid.uuid4())
+        token = request.path.removeprefix(proto.APNS_PREFIX)
+        payload = _parse_json(request.body)
+        failure: proto.Failure | None = proto.Failure(404, "BadPath")
+        if request.path.startswith(proto.APNS_PREFIX):
+            failure = (
+                proto.check_apns_target(request.method, token)
+                or self._check_provider_token(request.headers.get("authorization"))
+                or proto.check_apns_headers(request.headers, request.body, payload)
+            )
+        rule, delay = (None, 0.0) if failure else self._rules.pick("apns", token)
+        if rule is not None and rule.status is not None:
+            failure = proto.Failure(rule.status, rule.reason or proto.apns_reason(rule.status))
+        push = self._record("apns", request, token, payload, failure)
+        if delay:
+            await asyncio.sleep(delay)
+        headers = [("apns-id", apns_id), *_retry_after(rule)]
+        if failure is None:
+            return Response(200, tuple(headers))  # no body at all, as Apple answers
+        body: dict[str, Any] = {"reason": failure.reason}
+        if failure.status == 410:
+            body["timestamp"] = int(push.time * 1000)  # milliseconds, as Apple sends it
+        return _json(failure.status, body, headers)
+
+    def _check_provider_token(self, authorization: str | None) -> proto.Failure | None:
+        """Token auth: `bearer <ES256 JWT>` with iss and iat, verified when keys are known."""
+        if authorization is None:
+            return proto.Failure(403, "MissingProviderToken") if self._apns_keys else None
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return proto.Failure(403, "InvalidProviderToken")
+        iat = self._jwt_iat.get(token)
+        if iat is None:
+            iat = proto.provider_token_iat(token, self._apns_keys)
+            if iat is None:
+                return proto.Failure(403, "InvalidProviderToken")
+            if len(self._jwt_iat) > 1000:
+                self._jwt_iat.clear()
+            self._jwt_iat[token] = iat  # verifying ES256 per push would dominate the cost
+        now = time.time()
+        if now - iat > proto.APNS_TOKEN_MAX_AGE:
+            return proto.Failure(403, "ExpiredProviderToken")
+        if iat - now > proto.APNS_TOKEN_SKEW:
+            return proto.Failure(403, "InvalidProviderToken")
+        return None
+
+    # FCM HTTP v1
+
+    async def _fcm(self, request: Request) -> Response:
+        match = proto.FCM_PATH.fullmatch(request.path)
+        if match is None or request.method != "POST":
+            return _json(
+                404,
+                proto.fcm_error_body(proto.Failure(404, None, "Requested entity was not found.")),
+            )
+        body = _parse_json(request.body)
+        message = body.get("message") if isinstance(body, dict) else None
+        token = message.get("token") if isinstance(message, dict) else None
+        token = token if isinstance(token, str) else ""
+        failure = self._check_fcm_auth(request.headers.get("authorization", ""))
+        failure = failure or proto.check_fcm_message(body)
+        rule, delay = (None, 0.0) if failure else self._rules.pick("fcm", token)
+        if rule is not None and rule.status is not None:
+            failure = proto.fcm_failure(rule.status, rule.reason)
+        self._record("fcm", request, token, body, failure)
+        if delay:
+            await asyncio.sleep(delay)
+        if failure is not None:
+            return _json(failure.status, proto.fcm_error_body(failure), _retry_after(rule))
+        name = f"projects/{match.group(1)}/messages/{next(self._message_ids)}"
+        return _json(200, {"name": name})
+
+    def _check_fcm_auth(self, authorization: str) -> proto.Failure | None:
+        scheme, _, token = authorization.partition(" ")
+        grant = self._grants.get(token) if scheme.lower() == "bearer" else None
+        if grant is None or grant.expires < time.time():
+            return proto.Failure(
+                401,
+                None,
+                "Request had invalid authentication credentials. Expected OAuth 2 access "
+                "token, login cookie or other valid authentication credential.",
+            )
+        if not grant.scopes & proto.FCM_SCOPES:
+            return proto.Failure(403, None, "Request had insufficient authentication scopes.")
+        return None
+
+    def _token(self, request: Request) -> Response:
+        """OAuth2 JWT-bearer grant (RFC 7523 §2.1), answered like Google's token endpoint."""
+        form = urllib.parse.parse_qs(request.body.decode("utf-8", "replace"))
+        grant_type = form.get("grant_type", [""])[0]
+        if request.method != "POST" or grant_type != proto.JWT_BEARER:
+            error = {"error": "unsupported_grant_type", "error_description": "Invalid grant_type"}
+            return _json(400, error)
+        scopes = proto.assertion_scopes(form.get("assertion", [""])[0])
+        if scopes is None:
+            description = "Invalid JWT: expected an RS256 assertion valid for at most 60 minutes"
+            return _json(400, {"error": "invalid_grant", "error_description": description})
+        access_token = "ya29.mock-" + secrets.token_urlsafe(24)
+        now = time.time()
+        self._grants = {t: g for t, g in self._grants.items() if g.expires > now}
+        self._grants[access_token] = _Grant(now + _ACCESS_TOKEN_LIFETIME, scopes)
+        answer = {
+            "access_token": access_token,
+            "expires_in": _ACCESS_TOKEN_LIFETIME,
+            "token_type": "Bearer",
+        }
+        return _json(200, answer)
+
+    # control API
+
+    async def _pushes(self, request: Request) -> Response:
+        if request.method == "DELETE":
+            cleared = len(self._records)
+            self.clear()
+            return _json(200, {"cleared": cleared})
+        if request.method != "GET":
+            return _json(405, {"error": "use GET or DELETE"})
+        query = urllib.parse.parse_qs(request.query)
+        token = query.get("token", [None])[0]
+        provider = query.get("provider", [None])[0]
+        try:
+            since = int(query.get("since", ["0"])[0])
+            wait = min(float(query.get("wait", ["0"])[0]), _MAX_WAIT)
+        except ValueError:
+            return _json(400, {"error": "since must be an integer and wait a number"})
+
+        def matches(push: RecordedPush) -> bool:
+            return (token is None or push.token == token) and (
+                provider is None or push.provider == provider
+            )
+
+        found = [push for push in self._select(since) if matches(push)]
+        if not found and wait > 0:
+            try:
+                first = await self.wait_for_push(matches, wait, since=since)
+            except TimeoutError:
+                pass
+            else:
+                found = [push for push in self._select(first.index) if matches(push)]
+        pushes = [push.to_dict() for push in found]
+        return _json(200, {"pushes": pushes, "next": self._next_index})
+
+    def _rules_api(self, request: Request) -> Response:
+        if request.method == "PUT":
+            body = _parse_json(request.body)
+            rules = body.get("rules") if isinstance(body, dict) else None
+            if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
+                return _json(400, {"error": 'send {"rules": ["RULE", ...]}'})
+            try:
+                self.set_rules(rules)
+            except RuleError as exc:
+                return _json(400, {"error": str(exc)})
+        elif request.method != "GET":
+            return _json(405, {"error": "use GET or PUT"})
+        return _json(200, {"rules": [rule.text for rule in self._rules.rules]})
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def _json(status: int, body: object, headers: Sequence[tuple[str, str]] = ()) -> Response:
+    data = json.dumps(body, separators=(",", ":")).encode()
+    return Response(status, (*headers, ("content-type", "application/json")), data)
+
+
+def _retry_after(rule: ResponseRule | None) -> list[tuple[str, str]]:
+    if rule is None or rule.retry_after is None:
+        return []
+    return [("retry-after", rule.retry_after)]
+
+
+# command line
+
+_CLI_HELP = f"""\
+APNs: POST /3/device/<hex token>    FCM: POST /v1/projects/<id>/messages:send
+OAuth2 token endpoint for FCM service accounts: POST /token
+Control API (same port): GET /pushes[?token=T&provider=P&since=N&wait=SECONDS],
+DELETE /pushes, GET /rules, PUT /rules {{"rules": ["RULE", ...]}}.
+--on-push CMD runs `/bin/sh -c CMD` for each accepted push with the push as JSON on
+stdin and SIPUSHD_PUSH_TOKEN, SIPUSHD_PUSH_PROVIDER, SIPUSHD_PUSH_TYPE in the environment.
+
+{RULE_HELP}"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `sipushd mock-pns`."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = _CLI_HELP
+    parser.add_argument(
+        "--listen",
+        type=_listen_address,
+        default=("127.0.0.1", 8443),
+        metavar="HOST:PORT",
+        help="address to serve HTTPS/HTTP2 on; port 0 picks a free one (default 127.0.0.1:8443)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("data/mock-pns"),
+        metavar="DIR",
+        help="where ca.pem and the server certificate live (default data/mock-pns)",
+    )
+    parser.add_argument("--record", type=Path, metavar="FILE", help="append pushes as JSON lines")
+    parser.add_argument("--on-push", metavar="CMD", help="shell command run for every push")
+    parser.add_argument(
+        "--respond",
+        type=_rule,
+        action="append",
+        default=[],
+        metavar="RULE",
+        help="script failures or delays (repeatable; syntax below)",
+    )
+    parser.add_argument(
+        "--apns-key-file",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PEM",
+        help="APNs team key (P-256 public key PEM or the .p8) to verify provider tokens with",
+    )
+    parser.add_argument(
+        "--max-records", type=int, default=100_000, metavar="N", help="pushes kept in memory"
+    )
+    parser.add_argument("--quiet", action="store_true", help="do not log every push")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM or SIGINT; 2 for bad arguments, 1 if the port cannot be bound."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("mock-pns: %(message)s"))
+    logger = logging.getLogger("sipushd.testing")
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    host, port = args.listen
+    try:
+        service = MockPushService(
+            args.state_dir,
+            host,
+            port,
+            rules=[rule.text for rule in args.respond],
+            on_push=args.on_push,
+            record=args.record,
+            apns_public_keys=args.apns_key_file,
+            max_records=args.max_records,
+        )
+    except (OSError, ValueError) as exc:
+        print(f"sipushd mock-pns: error: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(_serve(service))
+
+
+async def _serve(service: MockPushService) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await service.start()
+    except OSError as exc:
+        print(f"sipushd mock-pns: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"mock-pns listening on {service.base_url} ca={service.ca_file}", flush=True)
+    await stop.wait()
+    await service.stop()
+    return 0
+
+
+def _listen_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def _rule(text: str) -> ResponseRule:
+    try:
+        return parse_rule(text)
+    except RuleError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -1,0 +1,110 @@
+"""End-to-end fixtures: `sipushd run` as a real process, and the Debian peers it talks to."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+SCENARIOS = Path(__file__).parent / "scenarios"
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = int(tcp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+
+
+@dataclass
+class SipushdProcess:
+    """A `sipushd run` child process and where it listens."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    config_path: Path
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_sipushd(tmp_path: Path, overrides: dict[str, object] | None = None) -> SipushdProcess:
+    """Write a config for loopback, start `sipushd run`, wait until it is ready."""
+    port = free_port()
+    config: dict[str, object] = {
+        "sip": {
+            "domains": ["example.org"],
+            "listen": [f"udp:127.0.0.1:{port}", f"tcp:127.0.0.1:{port}"],
+        },
+        "storage": {"sqlite": {"path": str(tmp_path / "sipushd.db")}},
+        "admin": {"listen": f"127.0.0.1:{free_port()}"},
+        "logging": {"format": "json", "level": "debug"},
+    }
+    for key, value in (overrides or {}).items():
+        section = config.setdefault(key, {})
+        if isinstance(section, dict) and isinstance(value, dict):
+            section.update(value)
+        else:
+            config[key] = value
+    config_path = tmp_path / f"sipushd-{port}.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    log_path = tmp_path / f"sipushd-{port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sipushd", "run", "--config", str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    child = SipushdProcess(process, port, config_path, log_path)
+    deadline = time.monotonic() + 20
+    while "sipushd ready" not in child.log():
+        if process.poll() is not None or time.monotonic() > deadline:
+            child.stop()
+            raise RuntimeError(f"sipushd did not start:\n{child.log()}")
+        time.sleep(0.05)
+    return child
+
+
+@pytest.fixture
+def sipushd(tmp_path: Path) -> Iterator[SipushdProcess]:
+    child = start_sipushd(tmp_path)
+    yield child
+    assert child.stop() == 0, child.log()
+
+
+def need(binary: str) -> str:
+    """Path of a Debian tool the test drives; skip when it is not installed."""
+    path = shutil.which(binary)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{binary} is missing: `make test` installs it")
+        pytest.skip(f"{binary} is not installed")
+    return path

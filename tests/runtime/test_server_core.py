@@ -1,0 +1,114 @@
+"""The daemon on real loopback sockets: OPTIONS, request validation, retransmissions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from sipushd.app import Daemon
+from sipushd.config import Config
+from sipushd.sip import Response
+from sipushd.testing.ua import SipClient
+
+
+def _config(tmp_path: Path) -> Config:
+    return Config.model_validate(
+        {
+            "sip": {
+                "domains": ["example.org"],
+                "listen": ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"],
+            },
+            "storage": {"sqlite": {"path": str(tmp_path / "db.sqlite")}},
+        }
+    )
+
+
+@pytest_asyncio.fixture
+async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
+    running = Daemon(_config(tmp_path))
+    await running.start()
+    yield running
+    await running.stop(0)
+
+
+def _address(daemon: Daemon, transport: str) -> tuple[str, int]:
+    endpoint = next(e for e in daemon.listeners if e.transport == transport)
+    return endpoint.host, endpoint.port
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_options_to_the_server_gets_200_with_capabilities(
+    daemon: Daemon, transport: str
+) -> None:
+    async with await SipClient.connect(transport, _address(daemon, transport)) as ua:
+        response = await ua.request("OPTIONS", "sip:127.0.0.1")
+    assert response.status == 200
+    allow = {m.strip() for m in (response.headers.get("Allow") or "").split(",")}
+    assert {"OPTIONS", "ACK", "CANCEL"} <= allow
+    assert "path" in (response.headers.get("Supported") or "")
+    assert response.to.tag, "a UAS answer carries a To tag (§8.2.6.2)"
+
+
+@pytest.mark.asyncio
+async def test_udp_retransmission_gets_the_same_response(daemon: Daemon) -> None:
+    async with await SipClient.connect("udp", _address(daemon, "udp")) as ua:
+        request = ua.build("OPTIONS", "sip:127.0.0.1")
+        ua.send(request)
+        first = await ua.final_response()
+        ua.send(request)  # §17.2.2: the server transaction absorbs it and resends
+        second = await ua.final_response()
+    assert first == second
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("method", "uri", "headers", "status"),
+    [
+        ("FOOBAR", "sip:127.0.0.1", [], 501),
+        ("SUBSCRIBE", "sip:127.0.0.1", [], 405),
+        ("OPTIONS", "tel:+15551234", [], 416),
+        ("OPTIONS", "sip:127.0.0.1", [("Require", "100rel")], 420),
+        ("OPTIONS", "sip:127.0.0.1", [("Proxy-Require", "foo")], 420),
+        ("SUBSCRIBE", "sip:127.0.0.1", [("Max-Forwards", "0")], 483),
+    ],
+)
+async def test_requests_it_cannot_serve_get_the_rfc_status(
+    daemon: Daemon, method: str, uri: str, headers: list[tuple[str, str]], status: int
+) -> None:
+    async with await SipClient.connect("udp", _address(daemon, "udp")) as ua:
+        request = ua.build(method, uri, headers)
+        if any(name == "Max-Forwards" for name, _ in headers):
+            request = request.replace(headers=request.headers.set("Max-Forwards", "0"))
+        ua.send(request)
+        response = await ua.final_response()
+    assert response.status == status
+    if status == 420:
+        assert response.headers.get("Unsupported") in {"100rel", "foo"}
+    if status in (405, 501):
+        assert "OPTIONS" in (response.headers.get("Allow") or "")
+
+
+@pytest.mark.asyncio
+async def test_malformed_datagram_with_readable_head_gets_400(daemon: Daemon) -> None:
+    async with await SipClient.connect("udp", _address(daemon, "udp")) as ua:
+        good = ua.build("OPTIONS", "sip:127.0.0.1").to_bytes().decode()
+        broken = good.replace("CSeq: 1 OPTIONS", "CSeq: 1 INVITE")  # §8.2: method mismatch
+        ua.send(broken.encode())
+        response = await ua.final_response()
+    assert isinstance(response, Response)
+    assert response.status == 400
+
+
+@pytest.mark.asyncio
+async def test_stream_parse_error_gets_400_then_the_connection_closes(daemon: Daemon) -> None:
+    async with await SipClient.connect("tcp", _address(daemon, "tcp")) as ua:
+        good = ua.build("OPTIONS", "sip:127.0.0.1").to_bytes().decode()
+        ua.send(good.replace("SIP/2.0\r\n", "SIP/3.0\r\n", 1).encode())
+        response = await ua.final_response()
+        await asyncio.wait_for(ua.closed.wait(), 5)
+    assert response.status == 505

@@ -1,0 +1,259 @@
+"""The `BindingStore` contract, run against every backend.
+
+To add a backend, write an opener `async def _open_x(place: Path) -> BindingStore`
+and add one line to `BACKENDS` (with `marks=(pytest.mark.redis,)` when it needs
+a server). `place` is a per-test directory; opening it a
+second time must see what the first store wrote if the backend is persistent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from sipushd.core.binding import Binding, binding_from_json, binding_to_json
+from sipushd.core.pushparams import PushTarget
+from sipushd.sip import Endpoint
+from sipushd.store.base import BindingStore, StoreError
+from sipushd.store.memory import MemoryBindingStore
+from sipushd.store.sqlite import SqliteBindingStore
+
+Opener = Callable[[Path], Awaitable[BindingStore]]
+
+
+async def _open_memory(place: Path) -> BindingStore:
+    return MemoryBindingStore()
+
+
+async def _open_sqlite(place: Path) -> BindingStore:
+    return await SqliteBindingStore.open(place / "sipushd.db")
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    open: Opener
+    persistent: bool
+    marks: tuple[pytest.MarkDecorator, ...] = ()
+
+
+BACKENDS: dict[str, Backend] = {
+    "memory": Backend(_open_memory, persistent=False),
+    "sqlite": Backend(_open_sqlite, persistent=True),
+}
+
+AOR = "sip:alice@example.org"
+NOW = 10_000.0
+UUID1 = "<urn:uuid:00000000-0000-0000-0000-000000000001>"
+APNS = PushTarget(
+    "apns", True, "org.example.app", "ABCD1234", (("voip", "tok-voip"), ("remote", "tok-remote"))
+)
+FCM = PushTarget("fcm", False, "my-project", None, (("remote", "tok-fcm"),))
+
+
+def binding(key: str, aor: str = AOR, **changes: Any) -> Binding:
+    """A binding registered at NOW for an hour, overridable field by field."""
+    fields: dict[str, Any] = {
+        "aor": aor,
+        "key": key,
+        "contact": f"sip:{key}@192.0.2.10;transport=tcp",
+        "expires_at": NOW + 3600,
+        "call_id": f"call-{key}",
+        "cseq": 1,
+        "flow": Endpoint("tcp", "192.0.2.10", 40000, None),
+        "registered_at": NOW,
+        "updated_at": NOW,
+    }
+    fields.update(changes)
+    return Binding(**fields)
+
+
+@pytest.fixture(params=[pytest.param(name, marks=b.marks) for name, b in BACKENDS.items()])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    return BACKENDS[request.param]
+
+
+@pytest.fixture(
+    params=[pytest.param(name, marks=b.marks) for name, b in BACKENDS.items() if b.persistent]
+)
+def persistent(request: pytest.FixtureRequest) -> Backend:
+    return BACKENDS[request.param]
+
+
+@pytest_asyncio.fixture
+async def store(backend: Backend, tmp_path: Path) -> AsyncIterator[BindingStore]:
+    opened = await backend.open(tmp_path)
+    yield opened
+    await opened.close()
+
+
+@pytest.mark.asyncio
+async def test_unknown_aor_has_no_bindings(store: BindingStore) -> None:
+    assert await store.get(AOR, NOW) == []
+    assert await store.count(NOW) == 0
+    assert await store.all_aors(NOW) == []
+
+
+@pytest.mark.asyncio
+async def test_apply_then_get_oldest_first(store: BindingStore) -> None:
+    late = binding("b", registered_at=NOW + 5)
+    early = binding("a", registered_at=NOW - 5, push=APNS, path=("<sip:edge;lr>",))
+    await store.apply(AOR, [late, early], [])
+    assert await store.get(AOR, NOW) == [early, late]
+    assert await store.get("sip:bob@example.org", NOW) == []
+
+
+@pytest.mark.asyncio
+async def test_upsert_replaces_the_binding_with_the_same_key(store: BindingStore) -> None:
+    await store.apply(AOR, [binding("a", cseq=1)], [])
+    await store.apply(AOR, [binding("a", cseq=2, push=FCM)], [])
+    (found,) = await store.get(AOR, NOW)
+    assert (found.cseq, found.push) == (2, FCM)
+
+
+@pytest.mark.asyncio
+async def test_removals_and_upserts_in_one_call(store: BindingStore) -> None:
+    await store.apply(AOR, [binding("a"), binding("b")], [])
+    await store.apply(AOR, [binding("c")], ["a", "missing"])
+    assert [b.key for b in await store.get(AOR, NOW)] == ["b", "c"]
+
+
+@pytest.mark.asyncio
+async def test_apply_is_all_or_nothing(store: BindingStore) -> None:
+    await store.apply(AOR, [binding("a")], [])
+    with pytest.raises(StoreError):
+        await store.apply(AOR, [binding("b"), binding("x", aor="sip:bob@example.org")], ["a"])
+    assert [b.key for b in await store.get(AOR, NOW)] == ["a"]
+
+
+@pytest.mark.asyncio
+async def test_expired_bindings_are_invisible_then_purged(store: BindingStore) -> None:
+    await store.apply(AOR, [binding("a", expires_at=NOW + 10), binding("b")], [])
+    await store.apply(
+        "sip:bob@example.org", [binding("c", "sip:bob@example.org", expires_at=NOW + 10)], []
+    )
+    later = NOW + 10
+    assert [b.key for b in await store.get(AOR, later)] == ["b"]
+    assert await store.count(later) == 1
+    assert await store.all_aors(later) == [AOR]
+    assert await store.all_aors(NOW) == [AOR, "sip:bob@example.org"]
+    assert await store.purge_expired(later) == 2
+    assert await store.purge_expired(later) == 0
+    assert await store.count(NOW) == 1
+
+
+@pytest.mark.asyncio
+async def test_by_instance_and_by_gruu(store: BindingStore) -> None:
+    await store.apply(AOR, [binding(UUID1, instance=UUID1), binding("plain")], [])
+    found = await store.by_instance(AOR, UUID1, NOW)
+    assert found is not None and found.key == UUID1
+    assert await store.by_instance(AOR, "<urn:uuid:nope>", NOW) is None
+    assert await store.by_instance(AOR, UUID1, NOW + 3600) is None
+    gruu = f"{AOR};gr=urn:uuid:00000000-0000-0000-0000-000000000001"
+    assert await store.by_gruu(gruu, NOW) == found
+    assert await store.by_gruu(AOR, NOW) is None
+    assert await store.by_gruu("not a uri", NOW) is None
+
+
+@pytest.mark.asyncio
+async def test_with_token_finds_every_holder(store: BindingStore) -> None:
+    await store.apply(AOR, [binding("a", push=APNS), binding("b", push=FCM), binding("c")], [])
+    bob = "sip:bob@example.org"
+    await store.apply(bob, [binding("d", bob, push=APNS)], [])
+    found = await store.with_token("tok-remote", NOW)
+    assert [(b.aor, b.key) for b in found] == [(AOR, "a"), (bob, "d")]
+    assert await store.with_token("unknown", NOW) == []
+
+
+@pytest.mark.asyncio
+async def test_remove_token_drops_only_that_token(store: BindingStore) -> None:
+    await store.apply(AOR, [binding("a", push=APNS), binding("b", push=FCM)], [])
+    updated = await store.remove_token("tok-voip")
+    assert [b.key for b in updated] == ["a"]
+    assert updated[0].push is not None
+    assert updated[0].push.tokens == (("remote", "tok-remote"),)
+    assert await store.with_token("tok-voip", NOW) == []
+    (a, b) = await store.get(AOR, NOW)
+    assert a == updated[0] and b.push == FCM
+    updated = await store.remove_token("tok-fcm")
+    assert updated[0].push is None
+    assert (await store.get(AOR, NOW))[1].push is None
+    assert await store.remove_token("tok-fcm") == []
+
+
+@pytest.mark.asyncio
+async def test_token_index_follows_upserts_and_removals(store: BindingStore) -> None:
+    await store.apply(AOR, [binding("a", push=FCM)], [])
+    await store.apply(AOR, [binding("a", push=APNS)], [])
+    assert await store.with_token("tok-fcm", NOW) == []
+    await store.apply(AOR, [], ["a"])
+    assert await store.with_token("tok-voip", NOW) == []
+
+
+@pytest.mark.asyncio
+async def test_expiring_lists_bindings_due_for_a_refresh_push(store: BindingStore) -> None:
+    await store.apply(
+        AOR,
+        [
+            binding("a", expires_at=NOW + 100),
+            binding("b", expires_at=NOW + 50),
+            binding("c", expires_at=NOW + 500),
+            binding("d", expires_at=NOW - 1),
+        ],
+        [],
+    )
+    assert [b.key for b in await store.expiring(NOW, NOW + 120)] == ["b", "a"]
+
+
+@pytest.mark.asyncio
+async def test_closed_store_refuses_work(backend: Backend, tmp_path: Path) -> None:
+    opened = await backend.open(tmp_path)
+    await opened.close()
+    with pytest.raises(StoreError):
+        await opened.get(AOR, NOW)
+    with pytest.raises(StoreError):
+        await opened.apply(AOR, [binding("a")], [])
+
+
+@pytest.mark.asyncio
+async def test_bindings_survive_a_restart(persistent: Backend, tmp_path: Path) -> None:
+    full = binding(
+        UUID1,
+        instance=UUID1,
+        reg_id=1,
+        q=0.5,
+        path=("<sip:edge1;lr>", "<sip:edge2;lr>"),
+        push=APNS,
+        pnsreg=True,
+        user_agent="Linphone/5.2",
+        flow=Endpoint("tls", "2001:db8::1", 5061, 42),
+    )
+    bare = binding("plain", cseq=7)
+    first = await persistent.open(tmp_path)
+    await first.apply(AOR, [full, bare], [])
+    await first.apply(AOR, [binding("gone")], [])
+    await first.apply(AOR, [], ["gone"])
+    await first.remove_token("tok-remote")
+    await first.close()
+
+    second = await persistent.open(tmp_path)
+    try:
+        found = await second.get(AOR, NOW)
+        # Flow ids name connections of the old process: they do not survive it.
+        expected_flow = Endpoint("tls", "2001:db8::1", 5061, None)
+        expected_push = dataclasses.replace(APNS, tokens=(("voip", "tok-voip"),))
+        assert found == [dataclasses.replace(full, flow=expected_flow, push=expected_push), bare]
+        assert [b.key for b in await second.with_token("tok-voip", NOW)] == [UUID1]
+        assert await second.with_token("tok-remote", NOW) == []
+    finally:
+        await second.close()
+
+
+def test_json_form_round_trips() -> None:
+    full = binding(UUID1, instance=UUID1, reg_id=2, q=1.0, path=("<sip:e;lr>",), push=APNS)
+    assert binding_from_json(binding_to_json(full)) == full
+    assert binding_from_json(binding_to_json(binding("x"))) == binding("x")

@@ -18,6 +18,7 @@ from sipushd.transport.routing import stamp_via
 from sipushd.transport.wire import error_response, is_keepalive, stun_binding_response
 
 _FIRST_LETTER = 0x41  # "A": every request method and "SIP/2.0" start with a letter
+_CR = 0x0D  # RFC 3261 §7.5: CRLFs before the start line are allowed (and ignored)
 
 
 class UdpListener(asyncio.DatagramProtocol):
@@ -37,7 +38,8 @@ class UdpListener(asyncio.DatagramProtocol):
         """Parse one datagram, stamp the Via of a request, hand it up."""
         ctx = self._ctx
         ctx.counters.bytes_in += len(data)
-        if not data or data[0] < _FIRST_LETTER:
+        first = data[0] if data else 0
+        if first < _FIRST_LETTER and (first != _CR or is_keepalive(data)):
             self._not_sip(data, addr)
             return
         host: str = addr[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+import zlib
 
 import pytest
 
@@ -204,6 +205,18 @@ def test_stun_binding_response_carries_xor_mapped_address(host: str) -> None:
     packed = bytes(a ^ b for a, b in zip(xaddr, mask, strict=False))
     assert ipaddress.ip_address(packed) == ipaddress.ip_address(host)
     assert family == (1 if ":" not in host else 2)
+
+
+def test_stun_fingerprint_is_answered_with_a_fingerprint() -> None:
+    # RFC 5389 §15.5: CRC-32 over the message before the attribute, XOR 0x5354554E.
+    body = struct.pack("!HHI", 0x8028, 4, 0)
+    binding = struct.pack("!HH", 0x0001, len(body)) + STUN_MAGIC + bytes(12) + body
+    answer = stun_binding_response(binding, "192.0.2.1", 5060)
+    assert answer is not None
+    attr_type, attr_len, crc = struct.unpack("!HHI", answer[-8:])
+    assert (attr_type, attr_len) == (0x8028, 4)
+    assert crc == (zlib.crc32(answer[:-8]) ^ 0x5354554E) & 0xFFFFFFFF
+    assert struct.unpack_from("!H", answer, 2)[0] == len(answer) - 20
 
 
 def test_stun_other_than_binding_request_is_not_answered() -> None:

@@ -91,7 +91,7 @@ async def test_keepalives_are_ignored_and_stun_is_answered(
     answer = await peer.receive()
     assert answer[:2] == b"\x01\x01" and answer[8:20] == b"T" * 12
     # A SIP message sent after the keep-alives is the first thing delivered.
-    peer.send(sip_request(call_id="after-keepalive"), target)
+    peer.send(b"\r\n" + sip_request(call_id="after-keepalive"), target)
     message, _ = await harness.recorder.request()
     assert message.call_id == "after-keepalive"
     assert harness.recorder.parse_errors.empty()

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mock-pns": ("sipushd.testing.mock_pns", "run the mock APNs/FCM push service"),
     "check-config": ("sipushd.config", "validate a config file and print a summary"),
     "passwd": ("sipushd.users", "add or change a user in the users file"),
+    "push-test": ("sipushd.pushtest", "send one push with the configured credentials"),
 }
 
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import secrets
 import signal
 import ssl
 import sys
+import time
 from pathlib import Path
 
 import structlog
@@ -20,12 +23,20 @@ import uvloop
 
 from sipushd import __version__, notify
 from sipushd.config import Config, ConfigError, load_config
+from sipushd.core.auth import Authenticator, FailureThrottle
+from sipushd.core.registrar import Registrar, RegistrarSettings
 from sipushd.logs import configure_logging
+from sipushd.runtime.authgate import AuthGate
 from sipushd.runtime.engine import Engine
+from sipushd.runtime.registrar import RegistrarService
 from sipushd.runtime.server import ServerCore
 from sipushd.sip import Endpoint
 from sipushd.sip.transaction import TimerConfig, TransactionLayer
+from sipushd.store.base import BindingStore
+from sipushd.store.memory import MemoryBindingStore
+from sipushd.store.sqlite import SqliteBindingStore
 from sipushd.transport import TransportLimits, TransportManager
+from sipushd.users import load_users
 
 log = structlog.get_logger("sipushd.app")
 
@@ -40,7 +51,10 @@ class Daemon:
         self.engine: Engine | None = None
         self.server: ServerCore | None = None
         self.transport: TransportManager | None = None
+        self.store: BindingStore | None = None
+        self.registrar: RegistrarService | None = None
         self.listeners: list[Endpoint] = []
+        self._housekeeping: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Build every part and bind the listeners."""
@@ -58,6 +72,18 @@ class Daemon:
         )
         self.server = server = ServerCore(engine, user_agent=f"sipushd/{__version__}")
         engine.attach(transport, server)
+        self.store = store = await open_store(self.config)
+        self.registrar = RegistrarService(
+            server,
+            store,
+            Registrar(registrar_settings(self.config)),
+            domains=sip.domains,
+            supported_providers=supported_providers(self.config),
+            auth=auth_gate(self.config),
+            clock=time.time,
+        )
+        server.handlers["REGISTER"] = self.registrar.handle
+        self._housekeeping = asyncio.create_task(self._purge_expired())
         tls = self._tls_context()
         for spec in sip.listen:
             context = tls if spec.transport == "tls" else None
@@ -75,12 +101,79 @@ class Daemon:
         context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
         return context
 
+    async def _purge_expired(self, interval: float = 60.0) -> None:
+        assert self.store is not None
+        while True:
+            await asyncio.sleep(interval)
+            purged = await self.store.purge_expired(time.time())
+            if purged:
+                log.info("expired bindings purged", count=purged)
+
     async def stop(self, grace: float | None = None) -> None:
-        """Stop taking new transactions, then close the listeners and connections."""
+        """Stop taking new transactions, then close the listeners, connections and stores."""
         if self.engine is not None:
             self.engine.close()
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
+        if self.registrar is not None:
+            await self.registrar.close()
         if self.transport is not None:
             await self.transport.close()
+        if self.store is not None:
+            await self.store.close()
+
+
+async def open_store(config: Config) -> BindingStore:
+    """The binding store the config names."""
+    storage = config.storage
+    if storage.backend == "sqlite":
+        path = storage.sqlite.path
+        if str(path) == ":memory:":
+            return MemoryBindingStore()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return await SqliteBindingStore.open(path)
+    raise ValueError(f"storage backend {storage.backend!r} is not available")
+
+
+def registrar_settings(config: Config) -> RegistrarSettings:
+    """Registrar limits from the config."""
+    reg = config.registrar
+    return RegistrarSettings(
+        min_expires=reg.min_expires,
+        max_expires=reg.max_expires,
+        default_expires=reg.default_expires,
+        max_contacts_per_aor=reg.max_contacts_per_aor,
+    )
+
+
+def supported_providers(config: Config) -> frozenset[str]:
+    """RFC 8599 provider labels sipushd can push to with the configured credentials."""
+    push = config.push
+    labels: set[str] = set()
+    if push.apns or push.mock.enabled:
+        labels |= {"apns", "apns.dev"}
+    if push.fcm or push.mock.enabled:
+        labels.add("fcm")
+    return frozenset(labels)
+
+
+def auth_gate(config: Config) -> AuthGate | None:
+    """Digest authentication for REGISTER (and the proxy), when enabled."""
+    auth = config.auth
+    if not auth.enabled:
+        return None
+    realm = auth.realm or config.sip.domains[0]
+    assert auth.users_file is not None
+    secret = auth.secret.get_secret_value().encode() if auth.secret else secrets.token_bytes(32)
+    return AuthGate(
+        Authenticator(realm, secret, nonce_ttl=auth.nonce_ttl, algorithms=auth.algorithms),
+        load_users(auth.users_file, realm),
+        trusted=tuple(auth.trusted_networks),
+        throttle=FailureThrottle(auth.max_failures, auth.block_seconds),
+        clock=time.time,
+    )
 
 
 async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:

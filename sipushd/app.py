@@ -21,11 +21,15 @@ from pathlib import Path
 import structlog
 import uvloop
 
-from sipushd import __version__, notify
+from sipushd import __version__, metrics, notify
 from sipushd.config import Config, ConfigError, load_config
 from sipushd.core.auth import Authenticator, FailureThrottle
+from sipushd.core.payload import PushRequest, apns_push_type
 from sipushd.core.registrar import Registrar, RegistrarSettings
 from sipushd.logs import configure_logging
+from sipushd.push.base import PushResult
+from sipushd.push.dispatcher import Dispatcher
+from sipushd.pushtest import build_providers, dispatcher_settings
 from sipushd.runtime.authgate import AuthGate
 from sipushd.runtime.engine import Engine
 from sipushd.runtime.registrar import RegistrarService
@@ -53,6 +57,7 @@ class Daemon:
         self.transport: TransportManager | None = None
         self.store: BindingStore | None = None
         self.registrar: RegistrarService | None = None
+        self.dispatcher: Dispatcher | None = None
         self.listeners: list[Endpoint] = []
         self._housekeeping: asyncio.Task[None] | None = None
 
@@ -73,6 +78,13 @@ class Daemon:
         self.server = server = ServerCore(engine, user_agent=f"sipushd/{__version__}")
         engine.attach(transport, server)
         self.store = store = await open_store(self.config)
+        self.dispatcher = Dispatcher(
+            build_providers(self.config.push),
+            dispatcher_settings(self.config.push),
+            on_dead_token=self._dead_token,
+            on_result=_count_push,
+        )
+        await self.dispatcher.start()
         self.registrar = RegistrarService(
             server,
             store,
@@ -101,6 +113,19 @@ class Daemon:
         context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
         return context
 
+    async def _dead_token(self, request: PushRequest, result: PushResult) -> None:
+        """The provider says the token is dead: stop pushing to it (APNs 410, FCM 404)."""
+        assert self.store is not None
+        updated = await self.store.remove_token(request.token)
+        metrics.DEAD_TOKENS_REMOVED.labels(provider=request.provider).inc()
+        log.info(
+            "dead push token removed",
+            provider=request.provider,
+            token=request.token,
+            reason=result.reason,
+            bindings=[b.aor for b in updated],
+        )
+
     async def _purge_expired(self, interval: float = 60.0) -> None:
         assert self.store is not None
         while True:
@@ -119,10 +144,21 @@ class Daemon:
                 await self._housekeeping
         if self.registrar is not None:
             await self.registrar.close()
+        if self.dispatcher is not None:
+            await self.dispatcher.stop()
         if self.transport is not None:
             await self.transport.close()
         if self.store is not None:
             await self.store.close()
+
+
+def _count_push(request: PushRequest, result: PushResult) -> None:
+    push_type = apns_push_type(request).value if request.provider == "apns" else "data"
+    metrics.PUSHES.labels(
+        provider=request.provider, type=push_type, result=result.outcome.value
+    ).inc()
+    if result.status is not None:
+        metrics.PUSH_LATENCY.labels(provider=request.provider).observe(result.latency)
 
 
 async def open_store(config: Config) -> BindingStore:

@@ -27,6 +27,7 @@ __all__ = [
     "contact_key",
     "drop_dead_token",
     "gruu_instance",
+    "normalise_instance",
     "push_from_json",
     "push_to_json",
 ]
@@ -99,12 +100,27 @@ def contact_key(uri: SipUri) -> str:
     return key
 
 
+def normalise_instance(instance: str | None) -> str | None:
+    """`<urn:uuid:...>` with brackets; UUID URNs compare case-insensitively (RFC 4122 §3)."""
+    if instance is None:
+        return None
+    value = instance.strip().strip('"')
+    if not value:
+        return None
+    if not value.startswith("<"):
+        value = f"<{value}>"
+    if value[:10].lower() == "<urn:uuid:":
+        value = value.lower()
+    return value
+
+
 def gruu_instance(uri: SipUri) -> tuple[str, str] | None:
     """(AOR, instance) addressed by a public GRUU URI (RFC 5627 §3.1), else None."""
     gr = uri.param("gr")
-    if not gr or uri.user is None or uri.scheme not in ("sip", "sips"):
+    instance = normalise_instance(gr)
+    if instance is None or uri.user is None or uri.scheme not in ("sip", "sips"):
         return None
-    return uri.aor, f"<{gr}>"
+    return uri.aor, instance
 
 
 def drop_dead_token(binding: Binding, token: str) -> Binding:

@@ -31,7 +31,7 @@ Choices the RFCs leave open, and what sipushd does:
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -40,6 +40,7 @@ from sipushd.core.binding import (
     contact_key,
     drop_dead_token,
     gruu_instance,
+    normalise_instance,
 )
 from sipushd.core.pushparams import (
     PushParamError,
@@ -217,11 +218,19 @@ class Registrar:
         if sum(1 for w in wanted.values() if w.expires) > self.settings.max_contacts_per_aor:
             raise _Reject(403, "Too Many Contacts")
         upserts, removals = self._update(ctx, live, wanted)
-        caps = tuple(label for w in wanted.values() for label in w.caps)
-        pnsreg = {w.push.provider_label for w in wanted.values() if w.push and w.pnsreg}
-        pnsreg |= {label for w in wanted.values() if w.pnsreg for label in w.caps}
-        return self._answer(
-            ctx, live, upserts, removals, _feature_caps(caps, pnsreg, self.settings.pnsreg_interval)
+        feature_caps = self._feature_caps(wanted.values())
+        return self._answer(ctx, live, upserts, removals, feature_caps)
+
+    def _feature_caps(self, wanted: Iterable[_Wanted]) -> tuple[str, ...]:
+        """`*;+sip.pns="apns"` per provider (RFC 8599 §5.6.1), `+sip.pnsreg` if asked (§4.1.4)."""
+        labels: dict[str, bool] = {}
+        for item in wanted:
+            for label in item.caps:
+                labels[label] = labels.get(label, False) or item.pnsreg
+        interval = self.settings.pnsreg_interval
+        return tuple(
+            f'*;+sip.pns="{label}"' + (f';+sip.pnsreg="{interval}"' if pnsreg else "")
+            for label, pnsreg in labels.items()
         )
 
     def _wildcard(self, ctx: _Context, live: list[Binding], n_values: int) -> RegisterDecision:
@@ -254,7 +263,7 @@ class Registrar:
             reg_id = contact.reg_id
         except ValueError as exc:
             raise _Reject(400, "Invalid reg-id") from exc
-        instance = _normalise_instance(contact.instance)
+        instance = normalise_instance(contact.instance)
         key = instance or contact_key(uri)
         pnsreg = any(name == "+sip.pnsreg" for name, _ in contact.params)
         if expires == 0:
@@ -406,17 +415,6 @@ def _check_push(
     return push, ()
 
 
-def _feature_caps(labels: tuple[str, ...], pnsreg: set[str], interval: int) -> tuple[str, ...]:
-    """`*;+sip.pns="apns"` per provider, with `+sip.pnsreg` when the UA asked (RFC 8599 §5.6.1)."""
-    out: list[str] = []
-    for label in dict.fromkeys(labels):
-        value = f'*;+sip.pns="{label}"'
-        if label in pnsreg:
-            value += f';+sip.pnsreg="{interval}"'
-        out.append(value)
-    return tuple(out)
-
-
 def _contact_value(binding: Binding, now: float, *, gruu: bool) -> str:
     """One Contact of the 2xx: URI, remaining expires, q, instance, reg-id, pub-gruu."""
     value = f"<{binding.contact}>;expires={binding.remaining(now)}"
@@ -435,20 +433,6 @@ def _contact_value(binding: Binding, now: float, *, gruu: bool) -> str:
 def _format_q(q: float) -> str:
     """RFC 3261 §20.10 qvalue: at most three decimals."""
     return f"{q:.3f}".rstrip("0").rstrip(".") or "0"
-
-
-def _normalise_instance(instance: str | None) -> str | None:
-    """`<urn:uuid:...>` with brackets; UUID URNs compare case-insensitively (RFC 4122 §3)."""
-    if instance is None:
-        return None
-    value = instance.strip().strip('"')
-    if not value:
-        return None
-    if not value.startswith("<"):
-        value = f"<{value}>"
-    if value[:10].lower() == "<urn:uuid:":
-        value = value.lower()
-    return value
 
 
 def _clean_reason(reason: str) -> str:

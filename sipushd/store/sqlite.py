@@ -9,8 +9,10 @@ Design choices:
   (write-through), so a failed commit leaves both unchanged and the
   registrar answers 500 (RFC 3261 §10.3 step 7). Memory grows with the
   number of live bindings (well under 1 KiB each).
-- One connection; `apply()` is one transaction of at most two
-  `executemany` statements. `journal_mode=WAL` + `synchronous=NORMAL`:
+- One connection and one writer task. `apply()` calls queue up and the
+  writer commits each run of them as one transaction of at most two
+  `executemany` statements (group commit): a burst of REGISTERs costs one
+  commit, and every `apply()` is still all-or-nothing. `journal_mode=WAL` + `synchronous=NORMAL`:
   commits do not fsync; a power loss may drop the last transactions but
   never corrupts the file (phones re-register anyway).
 - Schema versions live in `PRAGMA user_version`; `MIGRATIONS[n]` moves the
@@ -26,9 +28,11 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiosqlite
 
@@ -76,6 +80,24 @@ _UPSERT = f"INSERT OR REPLACE INTO bindings ({_COLUMNS}) VALUES ({', '.join('?' 
 _DELETE = "DELETE FROM bindings WHERE aor = ? AND key = ?"
 
 
+@dataclass(eq=False)
+class _Apply:
+    """One `apply()` call waiting for the writer."""
+
+    aor: str
+    upserts: Sequence[Binding]
+    removals: Sequence[str]
+    done: asyncio.Future[None]
+
+
+@dataclass(eq=False)
+class _Exclusive:
+    """A write computed from the committed mirror; the writer runs it alone."""
+
+    run: Callable[[], Awaitable[Any]]
+    done: asyncio.Future[Any]
+
+
 class SqliteBindingStore(MemoryBindingStore):
     """Bindings in an SQLite file, read from a write-through memory mirror."""
 
@@ -83,7 +105,8 @@ class SqliteBindingStore(MemoryBindingStore):
         """Use `SqliteBindingStore.open()`."""
         super().__init__()
         self._db = db
-        self._lock = asyncio.Lock()
+        self._queue: deque[_Apply | _Exclusive] = deque()
+        self._writer: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, path: str | Path) -> SqliteBindingStore:
@@ -109,52 +132,109 @@ class SqliteBindingStore(MemoryBindingStore):
         return store
 
     async def apply(self, aor: str, upserts: Sequence[Binding], removals: Sequence[str]) -> None:
-        """Atomically upsert and remove bindings of one AOR (one SQLite transaction)."""
+        """Atomically upsert and remove bindings of one AOR; returns once committed."""
         self._check_open()
         self._index.check(aor, upserts)
-        # The mirror changes under the same lock as the file, so the two never diverge.
-        async with self._lock:
-            await self._write_locked(upserts, [(aor, key) for key in removals])
-            self._index.apply(aor, upserts, removals)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Apply(aor, tuple(upserts), tuple(removals), done))
+        await done
 
     async def remove_token(self, token: str) -> list[Binding]:
         """Drop a dead push token everywhere; return the updated bindings."""
         self._check_open()
-        async with self._lock:
+
+        async def run() -> list[Binding]:
             updated = self._index.without_token(token)
-            await self._write_locked(updated, ())
+            await self._write(updated, ())
             for binding in updated:
                 self._index.apply(binding.aor, (binding,), ())
-        return updated
+            return updated
+
+        return cast(list[Binding], await self._exclusive(run))
 
     async def purge_expired(self, now: float) -> int:
         """Delete expired bindings from the file and the mirror; return how many."""
         self._check_open()
-        async with self._lock:
+
+        async def run() -> int:
             dead = self._index.expired(now)
-            await self._write_locked((), [(b.aor, b.key) for b in dead])
+            await self._write((), [(b.aor, b.key) for b in dead])
             for binding in dead:
                 self._index.apply(binding.aor, (), (binding.key,))
-        return len(dead)
+            return len(dead)
+
+        return cast(int, await self._exclusive(run))
 
     async def close(self) -> None:
-        """Close the database connection."""
-        if not self._closed:
-            self._closed = True
-            async with self._lock:
-                await self._db.close()
+        """Finish queued writes, then close the database connection."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            await self._writer
+        await self._db.close()
 
-    async def _write_locked(
-        self, upserts: Sequence[Binding], removals: Sequence[tuple[str, str]]
-    ) -> None:
+    async def _exclusive(self, run: Callable[[], Awaitable[Any]]) -> Any:
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Exclusive(run, done))
+        return await done
+
+    def _enqueue(self, op: _Apply | _Exclusive) -> None:
+        self._queue.append(op)
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        """The single writer: group commit of queued applies, in order.
+
+        Consecutive `apply()` calls share one transaction (their net effect
+        per key), so a burst of REGISTERs costs one commit. The mirror is
+        updated only after COMMIT, so reads never see uncommitted bindings.
+        """
+        try:
+            while self._queue:
+                head = self._queue.popleft()
+                if isinstance(head, _Exclusive):
+                    await _settle(head.done, head.run)
+                    continue
+                batch = [head]
+                while self._queue and isinstance(self._queue[0], _Apply):
+                    batch.append(cast(_Apply, self._queue.popleft()))
+                await self._commit(batch)
+        finally:
+            self._writer = None
+
+    async def _commit(self, batch: list[_Apply]) -> None:
+        final: dict[tuple[str, str], Binding | None] = {}
+        for op in batch:
+            for key in op.removals:
+                final[(op.aor, key)] = None
+            for binding in op.upserts:
+                final[(op.aor, binding.key)] = binding
+        upserts = [b for b in final.values() if b is not None]
+        removals = [k for k, b in final.items() if b is None]
+        try:
+            await self._write(upserts, removals)
+        except Exception as exc:  # every waiter learns why; the writer carries on
+            for op in batch:
+                _fail(op.done, exc)
+            return
+        for op in batch:
+            self._index.apply(op.aor, op.upserts, op.removals)
+            if not op.done.done():
+                op.done.set_result(None)
+
+    async def _write(self, upserts: Sequence[Binding], removals: Sequence[tuple[str, str]]) -> None:
+        """One transaction: delete `removals`, then upsert `upserts` (distinct keys)."""
         if not upserts and not removals:
             return
+        rows = [_to_row(b) for b in upserts]
         try:
             await self._db.execute("BEGIN")
             if removals:
                 await self._db.executemany(_DELETE, removals)
-            if upserts:
-                await self._db.executemany(_UPSERT, [_to_row(b) for b in upserts])
+            if rows:
+                await self._db.executemany(_UPSERT, rows)
             await self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             await self._rollback()
@@ -164,6 +244,21 @@ class SqliteBindingStore(MemoryBindingStore):
         if self._db.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 await self._db.execute("ROLLBACK")
+
+
+async def _settle(done: asyncio.Future[Any], run: Callable[[], Awaitable[Any]]) -> None:
+    try:
+        result = await run()
+    except Exception as exc:
+        _fail(done, exc)
+    else:
+        if not done.done():
+            done.set_result(result)
+
+
+def _fail(done: asyncio.Future[Any], exc: Exception) -> None:
+    if not done.done():
+        done.set_exception(exc if isinstance(exc, StoreError) else StoreError(str(exc)))
 
 
 async def migrate(db: aiosqlite.Connection) -> int:

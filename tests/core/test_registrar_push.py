@@ -254,6 +254,10 @@ def test_gruu_is_returned_when_the_ua_supports_it() -> None:
     ]
     assert decision.upserts[0].pub_gruu == gruu
     assert gruu_instance(parse_uri(gruu)) == ("sip:alice@example.org", UUID1)
+    assert gruu_instance(parse_uri(gruu.upper().replace("SIP:", "sip:"))) == (
+        "sip:ALICE@example.org",
+        UUID1,
+    )
 
 
 def test_no_gruu_without_supported_gruu_or_instance() -> None:

@@ -8,6 +8,7 @@ second time must see what the first store wrote if the backend is persistent.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -207,6 +208,37 @@ async def test_expiring_lists_bindings_due_for_a_refresh_push(store: BindingStor
         [],
     )
     assert [b.key for b in await store.expiring(NOW, NOW + 120)] == ["b", "a"]
+
+
+@pytest.mark.asyncio
+async def test_concurrent_applies_take_effect_in_call_order(
+    backend: Backend, tmp_path: Path
+) -> None:
+    store = await backend.open(tmp_path)
+    await asyncio.gather(
+        *(store.apply(AOR, [binding("a", cseq=n)], []) for n in range(1, 30)),
+        store.apply(AOR, [binding("b")], []),
+        store.apply(AOR, [], ["b"]),
+        store.apply(AOR, [], ["c"]),
+        store.apply(AOR, [binding("c", cseq=5)], []),
+    )
+    expected = [binding("a", cseq=29), binding("c", cseq=5)]
+    assert await store.get(AOR, NOW) == expected
+    await store.close()
+    if backend.persistent:
+        reopened = await backend.open(tmp_path)
+        assert await reopened.get(AOR, NOW) == expected
+        await reopened.close()
+
+
+@pytest.mark.asyncio
+async def test_remove_token_queued_behind_an_apply_sees_it(store: BindingStore) -> None:
+    await asyncio.gather(
+        store.apply(AOR, [binding("a", push=FCM)], []),
+        store.remove_token("tok-fcm"),
+    )
+    (found,) = await store.get(AOR, NOW)
+    assert found.push is None
 
 
 @pytest.mark.asyncio

@@ -134,6 +134,7 @@ class _Connection(asyncio.Protocol):
         self._outgoing: dict[int, memoryview] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._flush_handle: asyncio.Handle | None = None
+        self._goaway_received = False
 
     def tasks(self) -> list[asyncio.Task[None]]:
         """Requests being handled on this connection."""
@@ -175,7 +176,14 @@ class _Connection(asyncio.Protocol):
             self._h1 = True
             self._h1_received(b"")
         elif seen == len(_PREFACE):
-            config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+            # Inbound headers are validated (a mock should catch a sloppy client); the
+            # server's own headers are known-good, so skip that cost per answer.
+            config = h2.config.H2Configuration(
+                client_side=False,
+                header_encoding=None,
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
             self._h2 = h2.connection.H2Connection(config=config)
             self._h2.local_settings = h2.settings.Settings(
                 client=False,
@@ -227,9 +235,11 @@ class _Connection(asyncio.Protocol):
                 task.cancel()
         elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
             self._send_outgoing()
-        elif isinstance(event, h2.events.ConnectionTerminated) and self._transport is not None:
-            self._flush()
-            self._transport.close()
+            self._close_if_done()
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            # RFC 9113 §6.8: streams already open still get their answers.
+            self._goaway_received = True
+            self._close_if_done()
 
     def _stream_opened(self, stream_id: int, raw: list[tuple[bytes, bytes]] | None) -> None:
         headers: dict[str, str] = {}
@@ -259,6 +269,13 @@ class _Connection(asyncio.Protocol):
             self._tasks.pop(stream_id, None)
         self._send(stream_id, response)
         self._schedule_flush()
+        self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        if self._goaway_received and not self._tasks and not self._outgoing:
+            self._flush()
+            if self._transport is not None:
+                self._transport.close()
 
     async def _call_handler(self, request: Request) -> Response:
         try:
@@ -332,6 +349,8 @@ class _Connection(asyncio.Protocol):
                 name, _, value = line.partition(":")
                 headers[name.strip().lower()] = value.strip()
             length = int(headers.get("content-length", "0"))
+            if length < 0:
+                raise ValueError(length)
         except ValueError:
             self._h1_write(Response(400, body=b"malformed HTTP/1.1 request\n"))
             return

@@ -215,17 +215,24 @@ class MockPushService:
     async def wait_for_push(
         self,
         predicate: Callable[[RecordedPush], bool] | None = None,
-        timeout: float = 5.0,  # noqa: ASYNC109 - the test API other suites rely on
+        timeout: float = 5.0,
         *,
         since: int = 0,
     ) -> RecordedPush:
-        """The oldest recorded push (index >= since) matching `predicate`, waiting for one."""
-        async with asyncio.timeout(timeout):
-            while True:
-                for push in self._select(since):
-                    if predicate is None or predicate(push):
-                        return push
-                await self._changed()
+        """The oldest recorded push (index >= since) matching `predicate`, waiting for one.
+
+        Raises TimeoutError when none arrives within `timeout` seconds.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    for push in self._select(since):
+                        if predicate is None or predicate(push):
+                            return push
+                    since = max(since, self._next_index)  # look at each push only once
+                    await self._changed()
+        except TimeoutError:
+            raise TimeoutError(f"no matching push within {timeout} s") from None
 
     # recording
 
@@ -280,7 +287,9 @@ class MockPushService:
             if not waiter.done():
                 waiter.set_result(None)
         self._waiters.clear()
-        _log.info("%s %d %s token=%s", provider, status, reason or "", token[:12])
+        _log.info(
+            "%s %s token=%s… -> %d %s", provider, push.push_type, token[:8], status, reason or ""
+        )
         if status == 200 and self._on_push is not None:
             task = asyncio.get_running_loop().create_task(self._run_hook(self._on_push, push))
             self._hooks.add(task)

@@ -564,7 +564,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="PEM",
-        help="APNs team key (P-256 public key PEM or the .p8) to verify provider tokens with",
+        help="APNs team key (P-256 public key PEM or the .p8) to verify provider tokens "
+        "with (repeatable; without one, token signatures are not checked)",
     )
     parser.add_argument(
         "--max-records", type=int, default=100_000, metavar="N", help="pushes kept in memory"
@@ -574,11 +575,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT; 2 for bad arguments, 1 if the port cannot be bound."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("mock-pns: %(message)s"))
-    logger = logging.getLogger("sipushd.testing")
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
     host, port = args.listen
     try:
         service = MockPushService(
@@ -594,7 +590,17 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"sipushd mock-pns: error: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(_serve(service))
+    logger = logging.getLogger("sipushd.testing")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("mock-pns: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    try:
+        return asyncio.run(_serve(service))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 async def _serve(service: MockPushService) -> int:

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 RULE_HELP = """\
---respond RULE scripts answers (repeatable, tried in order; the first match decides):
+--respond RULE scripts answers to otherwise valid pushes (repeatable, tried in order:
+the first matching rule with a STATUS decides, the first matching delay-only rule delays):
   RULE      = [SELECTORS:]STATUS[:REASON][:OPTION...]    fail matching pushes
             | [SELECTORS:]delay=SECONDS[:OPTION...]       only answer late
   SELECTORS = comma-separated token=TOKEN (exact, * for any, or PREFIX*),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import importlib.util
 import json
@@ -14,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from sipushd.testing import mock_pns
 from sipushd.testing.mock_pns import MockPushService
 from tests.testing.helpers import TOKEN, apns_headers, h2_client
 
@@ -116,4 +118,25 @@ def test_malformed_rule_exits_2_naming_the_rule(launcher: list[str], tmp_path: P
     )
     assert done.returncode == 2
     assert "token=abc:999:Nope" in done.stderr
+    assert not (tmp_path / "ca.pem").exists()
+
+
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [
+        (["--listen", "8443"], "8443"),
+        (["--apns-key-file", "/nonexistent/AuthKey.p8"], "/nonexistent/AuthKey.p8"),
+    ],
+)
+def test_bad_arguments_exit_2_naming_the_culprit(
+    bad: list[str], named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = argparse.ArgumentParser()
+    mock_pns.add_arguments(parser)
+    try:
+        status = mock_pns.run(parser.parse_args(["--state-dir", str(tmp_path), *bad]))
+    except SystemExit as exc:  # argparse refuses it
+        status = exc.code
+    assert status == 2
+    assert named in capsys.readouterr().err
     assert not (tmp_path / "ca.pem").exists()

@@ -58,6 +58,10 @@ class DispatcherStats:
     latency_sum: float = 0.0
 
 
+class _OutOfTime(Exception):
+    """The deadline passed while the push waited for a concurrency slot."""
+
+
 @dataclass
 class _Recent:
     future: asyncio.Future[PushResult]
@@ -183,19 +187,17 @@ class Dispatcher:
 
     async def _attempts(self, request: PushRequest, provider: PushProvider) -> PushResult:
         """Try until delivered, dead, permanently refused, or out of time."""
-        limit = self._limits[request.provider]
         last: TemporaryPushError | None = None
         attempt = 0
         while True:
-            remaining = request.deadline - self._clock()
-            if remaining <= 0:
+            if request.deadline <= self._clock():
                 return self._failed(request, "deadline", attempt, last)
             attempt += 1
             try:
-                async with asyncio.timeout(min(remaining, self.settings.attempt_timeout)):
-                    async with limit:
-                        result = await provider.send(request)
+                result = await self._attempt(request, provider)
                 return replace(result, attempts=attempt)
+            except _OutOfTime:
+                return self._failed(request, "deadline", attempt - 1, last)
             except TimeoutError:
                 last = TemporaryPushError("timeout")
             except TemporaryPushError as exc:
@@ -210,6 +212,21 @@ class Dispatcher:
                 return self._failed(request, "deadline", attempt, last)
             self.stats.retries += 1
             await asyncio.sleep(delay)
+
+    async def _attempt(self, request: PushRequest, provider: PushProvider) -> PushResult:
+        """One send; waiting for a concurrency slot counts against the deadline only."""
+        limit = self._limits[request.provider]
+        try:
+            async with asyncio.timeout(request.deadline - self._clock()):
+                await limit.acquire()
+        except TimeoutError:
+            raise _OutOfTime from None
+        try:
+            remaining = request.deadline - self._clock()
+            async with asyncio.timeout(min(remaining, self.settings.attempt_timeout)):
+                return await provider.send(request)
+        finally:
+            limit.release()
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         s = self.settings
@@ -235,14 +252,17 @@ class Dispatcher:
     def _finish(
         self, request: PushRequest, result: PushResult, future: asyncio.Future[PushResult]
     ) -> None:
+        if not future.done():
+            future.set_result(result)
         self._count(result)
         self._log(request, result)
         if self._on_result is not None:
-            self._on_result(request, result)
+            try:
+                self._on_result(request, result)
+            except Exception:  # a metrics bug must not lose the push's result
+                log.exception("push result hook failed")
         if result.outcome is PushOutcome.DEAD_TOKEN and self._on_dead_token is not None:
             self._call_dead_token_hook(request, result)
-        if not future.done():
-            future.set_result(result)
 
     def _count(self, result: PushResult) -> None:
         stats = self.stats

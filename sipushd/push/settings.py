@@ -58,7 +58,13 @@ class FcmAppSettings:
 
 @dataclass(frozen=True)
 class DispatcherSettings:
-    """Queue bound, per-provider concurrency, attempt timeout and retry backoff (seconds)."""
+    """Queue bound, per-provider concurrency, attempt timeout and retry backoff (seconds).
+
+    ``max_queue`` bounds the pushes accepted and not yet answered (waiting for
+    a slot, in flight, or between retries); ``concurrency`` the requests in
+    flight per provider name; ``attempt_timeout`` one request (a slow answer
+    is retried if the deadline allows).
+    """
 
     max_queue: int = 10_000
     concurrency: int = 64

@@ -30,6 +30,7 @@ class FakeProvider(PushProvider):
         self.script = list(script) or [PushResult(PushOutcome.DELIVERED, "fake", 200)]
         self.calls: list[tuple[PushRequest, float]] = []
         self.gate: asyncio.Event | None = None
+        self.delay = 0.0
         self.active = 0
         self.max_active = 0
         self.started = self.stopped = False
@@ -47,6 +48,8 @@ class FakeProvider(PushProvider):
         try:
             if self.gate is not None:
                 await self.gate.wait()
+            if self.delay:
+                await asyncio.sleep(self.delay)
             step = self.script[min(len(self.calls), len(self.script)) - 1]
             if isinstance(step, Exception):
                 raise step
@@ -313,3 +316,34 @@ async def test_unknown_provider_and_provider_bugs(make: Callable[..., Dispatcher
     assert (await dispatcher.push(push(provider="webpush"))).reason == "no_provider"
     result = await dispatcher.push(push())
     assert result.reason == "internal_error" and "boom" in result.detail
+
+
+@pytest.mark.asyncio
+async def test_waiting_for_a_slot_is_bounded_by_the_deadline_only(
+    make: Callable[..., Dispatcher],
+) -> None:
+    provider = FakeProvider()
+    provider.delay = 0.1
+    dispatcher = make(provider, DispatcherSettings(concurrency=1, attempt_timeout=0.15))
+    await dispatcher.start()
+    first = dispatcher.submit(push(token="first"))
+    second = dispatcher.submit(push(token="second"))  # waits 0.1 s for the slot, sends 0.1 s
+    starved = dispatcher.submit(push(token="third", ttl=0.15))
+    assert (await first).attempts == 1
+    assert (await second).delivered
+    assert (await second).attempts == 1  # the wait for the slot was not a timed-out attempt
+    assert ((await starved).reason, (await starved).attempts) == ("deadline", 0)
+    assert [req.token for req, _ in provider.calls] == ["first", "second"]
+
+
+@pytest.mark.asyncio
+async def test_a_failing_result_hook_does_not_lose_the_result(
+    make: Callable[..., Dispatcher],
+) -> None:
+    def broken(request: PushRequest, result: PushResult) -> None:
+        raise ValueError("metrics bug")
+
+    dispatcher = make(FakeProvider(), on_result=broken)
+    await dispatcher.start()
+    async with asyncio.timeout(5):  # without the guard the future is never resolved
+        assert (await dispatcher.push(push())).delivered

@@ -43,43 +43,13 @@ COMPACT_FORMS: dict[str, str] = {
     "n": "Identity-Info",
 }
 _KNOWN_NAMES = (
-    "Accept",
-    "Accept-Encoding",
-    "Accept-Language",
-    "Alert-Info",
-    "Allow",
-    "Authentication-Info",
-    "Authorization",
-    "Call-Info",
-    "Content-Disposition",
-    "Content-Language",
-    "CSeq",
-    "Date",
-    "Error-Info",
-    "Expires",
-    "Feature-Caps",
-    "In-Reply-To",
-    "Max-Forwards",
-    "Min-Expires",
-    "MIME-Version",
-    "Organization",
-    "Path",
-    "Priority",
-    "Proxy-Authenticate",
-    "Proxy-Authorization",
-    "Proxy-Require",
-    "Reason",
-    "Record-Route",
-    "Reply-To",
-    "Require",
-    "Retry-After",
-    "Route",
-    "Server",
-    "Timestamp",
-    "Unsupported",
-    "User-Agent",
-    "Warning",
-    "WWW-Authenticate",
+    *("Accept", "Accept-Encoding", "Accept-Language", "Alert-Info", "Allow"),
+    *("Authentication-Info", "Authorization", "Call-Info", "Content-Disposition"),
+    *("Content-Language", "CSeq", "Date", "Error-Info", "Expires", "Feature-Caps"),
+    *("In-Reply-To", "Max-Forwards", "Min-Expires", "MIME-Version", "Organization", "Path"),
+    *("Priority", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Require", "Reason"),
+    *("Record-Route", "Reply-To", "Require", "Retry-After", "Route", "Server", "Timestamp"),
+    *("Unsupported", "User-Agent", "Warning", "WWW-Authenticate"),
     *COMPACT_FORMS.values(),
 )
 # lowercase name (or compact form) -> (canonical display name, lookup key)
@@ -490,7 +460,7 @@ def _parse_name_addr_cached(text: str) -> NameAddr:
     semi = s.find(";")
     if semi < 0:
         return NameAddr(None, parse_uri(s))
-    return NameAddr(None, parse_uri(s[:semi]), parse_params(s, semi))
+    return NameAddr(None, parse_uri(s[:semi].rstrip(" \t")), parse_params(s, semi))
 
 
 def validate_contact(contact: NameAddr) -> NameAddr:

@@ -24,7 +24,8 @@ import uvloop
 from sipushd import __version__, metrics, notify
 from sipushd.config import Config, ConfigError, load_config
 from sipushd.core.auth import Authenticator, FailureThrottle
-from sipushd.core.payload import PushRequest, apns_push_type
+from sipushd.core.payload import PayloadError, PushRequest, apns_push_type
+from sipushd.core.proxy import LocalAddress, ProxyIdentity
 from sipushd.core.registrar import Registrar, RegistrarSettings
 from sipushd.logs import configure_logging
 from sipushd.push.base import PushResult
@@ -32,9 +33,10 @@ from sipushd.push.dispatcher import Dispatcher
 from sipushd.pushtest import build_providers, dispatcher_settings
 from sipushd.runtime.authgate import AuthGate
 from sipushd.runtime.engine import Engine
+from sipushd.runtime.proxy import ProxyCore, ProxySettings
 from sipushd.runtime.registrar import RegistrarService
 from sipushd.runtime.server import ServerCore
-from sipushd.sip import Endpoint
+from sipushd.sip import Endpoint, SipUri, parse_uri
 from sipushd.sip.transaction import TimerConfig, TransactionLayer
 from sipushd.store.base import BindingStore
 from sipushd.store.memory import MemoryBindingStore
@@ -58,6 +60,7 @@ class Daemon:
         self.store: BindingStore | None = None
         self.registrar: RegistrarService | None = None
         self.dispatcher: Dispatcher | None = None
+        self.proxy: ProxyCore | None = None
         self.listeners: list[Endpoint] = []
         self._housekeeping: asyncio.Task[None] | None = None
 
@@ -85,16 +88,30 @@ class Daemon:
             on_result=_count_push,
         )
         await self.dispatcher.start()
+        gate = auth_gate(self.config)
         self.registrar = RegistrarService(
             server,
             store,
             Registrar(registrar_settings(self.config)),
             domains=sip.domains,
             supported_providers=supported_providers(self.config),
-            auth=auth_gate(self.config),
+            auth=gate,
             clock=time.time,
         )
         server.handlers["REGISTER"] = self.registrar.handle
+        secret = self._token_secret()
+        self.proxy = proxy = ProxyCore(
+            server,
+            store,
+            transport,
+            self.dispatcher,
+            proxy_identity(self.config, [], secret),
+            proxy_settings(self.config),
+            auth=gate,
+            clock=time.time,
+        )
+        proxy.attach()
+        self.registrar.on_registered.append(proxy.on_registered)
         self._housekeeping = asyncio.create_task(self._purge_expired())
         tls = self._tls_context()
         for spec in sip.listen:
@@ -104,6 +121,17 @@ class Daemon:
             log.info(
                 "listening", transport=endpoint.transport, host=endpoint.host, port=endpoint.port
             )
+        # Via, Record-Route and loop detection use the addresses actually bound.
+        proxy.identity = identity = proxy_identity(self.config, self.listeners, secret)
+        domains = frozenset(d.lower() for d in sip.domains)
+        server.is_for_us = lambda uri: uri.host.lower().strip("[]") in identity.aliases | domains
+
+    def _token_secret(self) -> bytes:
+        """The key that signs Record-Route flow tokens."""
+        auth = self.config.auth
+        if auth.secret is not None:
+            return b"flow-token:" + auth.secret.get_secret_value().encode()
+        return secrets.token_bytes(32)
 
     def _tls_context(self) -> ssl.SSLContext | None:
         tls = self.config.sip.tls
@@ -144,6 +172,8 @@ class Daemon:
                 await self._housekeeping
         if self.registrar is not None:
             await self.registrar.close()
+        if self.proxy is not None:
+            await self.proxy.close()
         if self.dispatcher is not None:
             await self.dispatcher.stop()
         if self.transport is not None:
@@ -153,7 +183,10 @@ class Daemon:
 
 
 def _count_push(request: PushRequest, result: PushResult) -> None:
-    push_type = apns_push_type(request).value if request.provider == "apns" else "data"
+    try:
+        push_type = apns_push_type(request).value if request.provider == "apns" else "data"
+    except PayloadError:
+        push_type = "invalid"
     metrics.PUSHES.labels(
         provider=request.provider, type=push_type, result=result.outcome.value
     ).inc()
@@ -193,6 +226,41 @@ def supported_providers(config: Config) -> frozenset[str]:
     if push.fcm or push.mock.enabled:
         labels.add("fcm")
     return frozenset(labels)
+
+
+def proxy_settings(config: Config) -> ProxySettings:
+    """Routing and push settings of the proxy."""
+    routing, push = config.routing, config.push
+    upstream: SipUri | None = parse_uri(routing.upstream) if routing.upstream else None
+    return ProxySettings(
+        domains=frozenset(d.lower() for d in config.sip.domains),
+        call_timeout=routing.call_timeout,
+        push_sent_response=routing.push_sent_response,
+        push_mode=push.mode,
+        push_delay=push.delay,
+        upstream=upstream,
+    )
+
+
+_WILDCARDS = frozenset({"0.0.0.0", "::"})
+
+
+def proxy_identity(config: Config, listeners: list[Endpoint], secret: bytes) -> ProxyIdentity:
+    """Our addresses for Via / Record-Route: public_host, else the bound listener address."""
+    sip = config.sip
+    fallback = sip.public_host or sip.domains[0]
+    addresses = tuple(
+        LocalAddress(
+            e.transport,
+            sip.public_host or (e.host if e.host not in _WILDCARDS else fallback),
+            e.port,
+        )
+        for e in listeners
+    ) or (LocalAddress("udp", fallback, 5060),)
+    aliases = {a.host.lower() for a in addresses} | {e.host for e in listeners}
+    if sip.public_host:
+        aliases.add(sip.public_host.lower())
+    return ProxyIdentity(addresses, frozenset(aliases - _WILDCARDS), secret)
 
 
 def auth_gate(config: Config) -> AuthGate | None:

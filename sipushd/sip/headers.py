@@ -205,10 +205,14 @@ class Headers:
 
 def serialise_fields(headers: Headers, skip: str) -> str:
     """Serialise every field except those with lowercase key ``skip`` as header lines."""
+    if skip not in headers._lookup():
+        return "".join([f"{name}: {value}\r\n" for name, value in headers._items])
     return "".join(
-        f"{name}: {value}\r\n"
-        for key, (name, value) in zip(headers._keys, headers._items, strict=True)
-        if key != skip
+        [
+            f"{name}: {value}\r\n"
+            for key, (name, value) in zip(headers._keys, headers._items, strict=True)
+            if key != skip
+        ]
     )
 
 
@@ -463,10 +467,17 @@ def _parse_name_addr_cached(text: str) -> NameAddr:
     return NameAddr(None, parse_uri(s[:semi].rstrip(" \t")), parse_params(s, semi))
 
 
-def validate_contact(contact: NameAddr) -> NameAddr:
-    """Check the Contact parameters with a defined syntax; return ``contact``."""
-    _ = contact.q, contact.expires, contact.reg_id
-    return contact
+@lru_cache(maxsize=4096)
+def parse_contact_field(text: str) -> tuple[NameAddr, ...] | None:
+    """Parse one Contact field: its values, or None for "*"; raises SipParseError."""
+    values = split_list(text)
+    if values == ["*"]:
+        return None
+    contacts = tuple(parse_name_addr(v) for v in values)
+    for contact in contacts:
+        # RFC 3261 §20.10 / RFC 5626 §4: these parameters have a defined syntax.
+        _ = contact.q, contact.expires, contact.reg_id
+    return contacts
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from sipushd.sip.headers import (
     NameAddr,
     Via,
     parse_challenge,
+    parse_contact_field,
     parse_credentials,
     parse_cseq,
     parse_name_addr,
@@ -30,7 +31,6 @@ from sipushd.sip.headers import (
     parse_via,
     serialise_fields,
     split_list,
-    validate_contact,
 )
 from sipushd.sip.status import reason_phrase
 from sipushd.sip.uri import SipUri
@@ -153,13 +153,13 @@ class _Message:
         return cast(tuple[tuple[NameAddr, ...], bool], value)
 
     def _parse_contacts(self) -> tuple[tuple[NameAddr, ...], bool]:
-        values = [v for f in self.headers._by_key("contact") for v in split_list(f)]
-        if "*" in values:
+        fields = [parse_contact_field(f) for f in self.headers._by_key("contact")]
+        if None in fields:
             # RFC 3261 §10.3 step 6: "*" must be the only Contact value.
-            if len(values) > 1:
+            if len(fields) > 1:
                 raise SipParseError("Contact '*' mixed with other contacts")
             return (), True
-        return tuple(validate_contact(parse_name_addr(v)) for v in values), False
+        return tuple(c for f in fields if f is not None for c in f), False
 
     @property
     def routes(self) -> list[NameAddr]:

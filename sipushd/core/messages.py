@@ -20,6 +20,7 @@ Pure: no clock (``now`` is passed in), no I/O, no logging. Rules:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -41,6 +42,7 @@ __all__ = [
     "in_arrival_order",
     "inner_content_type",
     "media_type",
+    "message_id",
     "plan_message",
     "with_date",
 ]
@@ -124,8 +126,8 @@ class Device:
     """One binding of the target AOR as the MESSAGE router sees it."""
 
     key: str
-    online: bool  # a live flow or a contact sipushd can reach now
-    pushable: bool  # has a token for alert / data pushes
+    online: bool  # a live flow or a contact sipushd can reach now: forward to it
+    wake: bool  # may be asleep and has a token for alert / data pushes: push it
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,14 @@ class MessagePlan:
     def store(self) -> bool:
         """True when the MESSAGE goes into the durable store."""
         return bool(self.recipients)
+
+
+def message_id(aor: str, request: Request) -> str:
+    """A stable id for one MESSAGE to `aor`, from its Call-ID, CSeq and From tag."""
+    # A sender that resends the MESSAGE in a new transaction keeps all three (the
+    # request is the same one, RFC 3261 §8.1.3.1), so the copy is stored once.
+    parts = (aor, request.call_id, str(request.cseq.seq), request.from_.tag or "")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
 def media_type(content_type: str | None) -> str:
@@ -195,7 +205,7 @@ def plan_message(kind: MessageKind, devices: Sequence[Device], *, store_full: bo
             # An is-composing / IMDN for a sleeping phone is dropped, never pushed.
             return MessagePlan(kind, reject=(480, "Temporarily Unavailable"))
         return MessagePlan(kind, reject=(486, "Message Store Full"))
-    push = tuple(d.key for d in devices if not d.online and d.pushable)
+    push = tuple(d.key for d in devices if d.wake)
     return MessagePlan(kind, forward=online, push=push, recipients=tuple(d.key for d in devices))
 
 

@@ -6,7 +6,8 @@ One job: keep MESSAGEs for the devices of an AOR until each device got them
 
 - `add()` is atomic with its per-AOR limit: it stores the message and one
   pending mark per recipient device, or raises `MessageLimitError` when the
-  AOR already holds `limit` live messages (nothing stored).
+  AOR already holds `limit` live messages, `DuplicateMessageError` when the
+  id is taken (nothing stored).
 - `pending(aor, device, now)` lists, oldest first (arrival time, then
   insertion order), the live messages of `aor` the device is not done with:
   those it is a recipient of, and those it has never been told about (a
@@ -28,11 +29,15 @@ from dataclasses import dataclass, field
 from sipushd.core.messages import StoredMessage
 from sipushd.store.base import StoreError
 
-__all__ = ["MemoryMessageStore", "MessageLimitError", "MessageStore"]
+__all__ = ["DuplicateMessageError", "MemoryMessageStore", "MessageLimitError", "MessageStore"]
 
 
 class MessageLimitError(StoreError):
     """The AOR already holds its maximum number of stored messages; nothing was stored."""
+
+
+class DuplicateMessageError(StoreError):
+    """A message with the same id is already stored; nothing was changed."""
 
 
 class MessageStore(ABC):
@@ -99,7 +104,7 @@ class MemoryMessageStore(MessageStore):
         """Store `message` pending for `recipients`; MessageLimitError when the AOR is full."""
         self._check_open()
         if message.id in self._entries:
-            raise StoreError(f"message {message.id} is already stored")
+            raise DuplicateMessageError(f"message {message.id} is already stored")
         if self._live_count(message.aor, now) >= limit:
             raise MessageLimitError(f"{message.aor} already has {limit} stored messages")
         entry = _Entry(message, next(self._seq), dict.fromkeys(recipients, False))

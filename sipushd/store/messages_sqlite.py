@@ -31,7 +31,7 @@ import aiosqlite
 
 from sipushd.core.messages import StoredMessage
 from sipushd.store.base import StoreError
-from sipushd.store.messages import MessageLimitError, MessageStore
+from sipushd.store.messages import DuplicateMessageError, MessageLimitError, MessageStore
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SqliteMessageStore"]
 
@@ -117,7 +117,10 @@ class SqliteMessageStore(MessageStore):
             )
             if count >= limit:
                 raise MessageLimitError(f"{message.aor} already has {limit} stored messages")
-            await self._db.execute(_INSERT, _to_row(message))
+            try:
+                await self._db.execute(_INSERT, _to_row(message))
+            except sqlite3.IntegrityError as exc:
+                raise DuplicateMessageError(f"message {message.id} is already stored") from exc
             await self._db.executemany(
                 "INSERT INTO message_devices (message_id, device, done) VALUES (?, ?, 0)",
                 [(message.id, device) for device in dict.fromkeys(recipients)],

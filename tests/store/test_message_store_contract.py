@@ -21,7 +21,12 @@ from sipushd.core.binding import Binding
 from sipushd.core.messages import StoredMessage
 from sipushd.sip import Endpoint
 from sipushd.store.base import StoreError
-from sipushd.store.messages import MemoryMessageStore, MessageLimitError, MessageStore
+from sipushd.store.messages import (
+    DuplicateMessageError,
+    MemoryMessageStore,
+    MessageLimitError,
+    MessageStore,
+)
 from sipushd.store.messages_sqlite import SCHEMA_VERSION, SqliteMessageStore
 from sipushd.store.sqlite import SqliteBindingStore
 
@@ -185,7 +190,7 @@ async def test_expired_messages_do_not_count_and_are_purged(store: MessageStore)
 @pytest.mark.asyncio
 async def test_the_same_id_cannot_be_added_twice(store: MessageStore) -> None:
     await store.add(message(1), ["phone"], limit=LIMIT, now=NOW)
-    with pytest.raises(StoreError):
+    with pytest.raises(DuplicateMessageError):
         await store.add(message(1), ["tablet"], limit=LIMIT, now=NOW)
     assert await store.waiting("m1") == ["phone"]
 

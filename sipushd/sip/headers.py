@@ -15,7 +15,7 @@ from functools import lru_cache
 
 from sipushd.sip import _abnf
 from sipushd.sip.errors import SipParseError
-from sipushd.sip.uri import Params, SipUri, parse_port, parse_uri
+from sipushd.sip.uri import Params, SipUri, parse_port, parse_uri, set_param
 
 MAX_UINT32 = 2**32 - 1
 
@@ -297,13 +297,6 @@ def _param(params: Params, name: str) -> str | None:
     return None
 
 
-def _set_param(params: Params, name: str, value: str | None) -> Params:
-    name = name.lower()
-    out = [p for p in params if p[0] != name]
-    out.append((name, value))
-    return tuple(out)
-
-
 @dataclass(frozen=True)
 class Via:
     """One Via value (RFC 3261 §20.42); ``transport`` upper case, "" for a valueless flag."""
@@ -337,7 +330,7 @@ class Via:
 
     def with_param(self, name: str, value: str | None = None) -> Via:
         """Copy with parameter ``name`` set (replacing any existing one)."""
-        return replace(self, params=_set_param(self.params, name, value))
+        return replace(self, params=set_param(self.params, name, value))
 
     def __str__(self) -> str:
         port = "" if self.port is None else f":{self.port}"
@@ -384,7 +377,7 @@ class NameAddr:
 
     def with_param(self, name: str, value: str | None = None) -> NameAddr:
         """Copy with header parameter ``name`` set (replacing any existing one)."""
-        return replace(self, params=_set_param(self.params, name, value))
+        return replace(self, params=set_param(self.params, name, value))
 
     @property
     def q(self) -> float | None:

@@ -53,13 +53,13 @@ class SipUri:
 
     def with_param(self, name: str, value: str | None = None) -> SipUri:
         """Copy with parameter ``name`` set to ``value`` (replacing any existing one)."""
-        return replace(self, params=_set_param(self.params, name.lower(), value))
+        return replace(self, params=set_param(self.params, name.lower(), value))
 
     def with_params(self, **kv: str | None) -> SipUri:
         """Copy with each keyword set as a parameter (use with_param for names with '-')."""
         params = self.params
         for name, value in kv.items():
-            params = _set_param(params, name.lower(), value)
+            params = set_param(params, name.lower(), value)
         return replace(self, params=params)
 
     def without_param(self, name: str) -> SipUri:
@@ -126,9 +126,19 @@ class SipUri:
         return text
 
 
-def _set_param(params: Params, name: str, value: str | None) -> Params:
-    out = [p for p in params if p[0] != name]
-    out.append((name, value))
+def set_param(params: Params, name: str, value: str | None) -> Params:
+    """Return ``params`` with ``name`` set in place (duplicates dropped) or appended."""
+    name = name.lower()
+    out: list[tuple[str, str | None]] = []
+    done = False
+    for item in params:
+        if item[0] != name:
+            out.append(item)
+        elif not done:
+            out.append((name, value))
+            done = True
+    if not done:
+        out.append((name, value))
     return tuple(out)
 
 

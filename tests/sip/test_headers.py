@@ -136,7 +136,9 @@ def test_contact_params() -> None:
     assert c.param("+sip.instance") == '"<urn:uuid:1234>"'
     assert (c.reg_id, c.expires, c.q) == (2, 60, 0.7)
     assert c.has_param("+sip.pnsreg") and c.param("+sip.pnsreg") is None
-    assert str(c.with_param("expires", "0")).endswith(";+sip.pnsreg;expires=0")
+    # Setting a parameter replaces it where it is.
+    assert str(c.with_param("EXPIRES", "0")).endswith(";reg-id=2;expires=0;q=0.7;+sip.pnsreg")
+    assert str(c.with_param("gr")).endswith(";+sip.pnsreg;gr")
     bare = parse_name_addr("<sip:a@b>")
     assert (bare.instance, bare.reg_id, bare.expires, bare.q) == (None, None, None, None)
     assert NameAddr(None, parse_uri("sip:a@b")).with_param("tag", "t").tag == "t"

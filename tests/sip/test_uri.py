@@ -79,6 +79,8 @@ def test_modifiers() -> None:
     u = parse_uri("sip:alice@example.org;transport=tcp")
     assert str(u.with_param("lr")) == "sip:alice@example.org;transport=tcp;lr"
     assert str(u.with_param("Transport", "tls")) == "sip:alice@example.org;transport=tls"
+    dup = parse_uri("sip:h;a=1;b;a=2;c")
+    assert str(dup.with_param("a", "3")) == "sip:h;a=3;b;c"
     assert str(u.with_params(ob=None, maddr="1.2.3.4")).endswith(";ob;maddr=1.2.3.4")
     assert str(u.without_param("transport")) == "sip:alice@example.org"
     assert u.without_param("transport").transport == "udp"

@@ -1,1 +1,5 @@
-"""sipushd.admin"""
+"""The admin HTTP surface: Prometheus /metrics, /health and a small JSON API."""
+
+from sipushd.admin.api import AdminApi, AdminServer
+
+__all__ = ["AdminApi", "AdminServer"]

@@ -2,8 +2,9 @@
 
 `Daemon(config)` wires the transport, the transaction engine, the server core and the
 services above it; `start()` binds the listeners, `stop(grace)` drains and closes. The
-`run` command loads the config file, runs the daemon on uvloop, reports readiness to
-systemd, and turns SIGTERM / SIGINT into a graceful stop.
+`run` command loads the config file, runs the daemon on uvloop, reports readiness (and
+watchdog pings) to systemd, reloads the config on SIGHUP and turns SIGTERM / SIGINT into
+a graceful stop.
 """
 
 from __future__ import annotations
@@ -22,17 +23,20 @@ import structlog
 import uvloop
 
 from sipushd import __version__, metrics, notify
+from sipushd.admin import AdminServer
 from sipushd.config import Config, ConfigError, load_config
 from sipushd.core.auth import Authenticator, FailureThrottle
+from sipushd.core.messages import MessageSettings
 from sipushd.core.payload import PayloadError, PushRequest, apns_push_type
 from sipushd.core.proxy import LocalAddress, ProxyIdentity
 from sipushd.core.registrar import Registrar, RegistrarSettings
-from sipushd.logs import configure_logging
+from sipushd.logs import configure_logging, set_level
 from sipushd.push.base import PushResult
 from sipushd.push.dispatcher import Dispatcher
 from sipushd.pushtest import build_providers, dispatcher_settings
 from sipushd.runtime.authgate import AuthGate
 from sipushd.runtime.engine import Engine
+from sipushd.runtime.messages import MessageService
 from sipushd.runtime.proxy import ProxyCore, ProxySettings
 from sipushd.runtime.registrar import RegistrarService
 from sipushd.runtime.server import ServerCore
@@ -40,6 +44,8 @@ from sipushd.sip import Endpoint, SipUri, parse_uri
 from sipushd.sip.transaction import TimerConfig, TransactionLayer
 from sipushd.store.base import BindingStore
 from sipushd.store.memory import MemoryBindingStore
+from sipushd.store.messages import MemoryMessageStore, MessageStore
+from sipushd.store.messages_sqlite import SqliteMessageStore
 from sipushd.store.sqlite import SqliteBindingStore
 from sipushd.transport import TransportLimits, TransportManager
 from sipushd.users import load_users
@@ -61,8 +67,13 @@ class Daemon:
         self.registrar: RegistrarService | None = None
         self.dispatcher: Dispatcher | None = None
         self.proxy: ProxyCore | None = None
+        self.message_store: MessageStore | None = None
+        self.messages: MessageService | None = None
         self.listeners: list[Endpoint] = []
+        self.admin: AdminServer | None = None
+        self.stopping = False
         self._housekeeping: asyncio.Task[None] | None = None
+        self._retired: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Build every part and bind the listeners."""
@@ -112,6 +123,21 @@ class Daemon:
         )
         proxy.attach()
         self.registrar.on_registered.append(proxy.on_registered)
+        self.message_store = await open_message_store(self.config)
+        self.messages = messages = MessageService(
+            server,
+            store,
+            self.message_store,
+            settings=message_settings(self.config),
+            domains=sip.domains,
+            identity=None,
+            flow_alive=transport.flow_alive,
+            push=self._push,
+            clock=time.time,
+        )
+        server.handlers["MESSAGE"] = messages.handle
+        self.registrar.on_registered.append(messages.on_registered)
+        messages.start()
         self._housekeeping = asyncio.create_task(self._purge_expired())
         tls = self._tls_context()
         for spec in sip.listen:
@@ -123,8 +149,16 @@ class Daemon:
             )
         # Via, Record-Route and loop detection use the addresses actually bound.
         proxy.identity = identity = proxy_identity(self.config, self.listeners, secret)
+        messages.identity = identity
         domains = frozenset(d.lower() for d in sip.domains)
         server.is_for_us = lambda uri: uri.host.lower().strip("[]") in identity.aliases | domains
+        self.admin = AdminServer(self)
+        await self.admin.start(self.config.admin.host, self.config.admin.port)
+
+    def _push(self, request: PushRequest) -> object:
+        """Submit a push to the current dispatcher (a reload may replace it)."""
+        assert self.dispatcher is not None
+        return self.dispatcher.submit(request)
 
     def _token_secret(self) -> bytes:
         """The key that signs Record-Route flow tokens."""
@@ -162,9 +196,65 @@ class Daemon:
             if purged:
                 log.info("expired bindings purged", count=purged)
 
+    async def reload(self, config: Config) -> None:
+        """Apply `config` without dropping bindings, flows or held requests (SIGHUP).
+
+        Users, push credentials, registrar limits, routing timers and the log level
+        change; listeners, storage and the admin address need a restart and are kept.
+        Everything that can fail runs before anything changes.
+        """
+        config = _keep_restart_only(self.config, config)
+        gate = self._next_gate(config)
+        dispatcher = Dispatcher(
+            build_providers(config.push),
+            dispatcher_settings(config.push),
+            on_dead_token=self._dead_token,
+            on_result=_count_push,
+        )
+        try:
+            await dispatcher.start()
+        except BaseException:
+            await dispatcher.stop(0)
+            raise
+        set_level(config.logging.level)
+        old, self.dispatcher, self.config = self.dispatcher, dispatcher, config
+        if self.registrar is not None:
+            self.registrar.auth = gate
+            self.registrar.registrar = Registrar(registrar_settings(config))
+            self.registrar.supported_providers = supported_providers(config)
+        if self.proxy is not None:
+            self.proxy.auth = gate
+            self.proxy.pushes = dispatcher
+            self.proxy.settings = proxy_settings(config)
+        if old is not None:  # pushes in flight finish on the old providers
+            task = asyncio.create_task(old.stop(config.shutdown_grace))
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+
+    def _next_gate(self, config: Config) -> AuthGate | None:
+        """The auth gate for `config`; nonces already issued stay valid when they can."""
+        gate = auth_gate(config)
+        current = self.registrar.auth if self.registrar is not None else None
+        if gate is None or current is None:
+            return gate
+        old, new = self.config.auth, config.auth
+        same_keys = (old.secret, old.nonce_ttl, old.algorithms) == (
+            new.secret,
+            new.nonce_ttl,
+            new.algorithms,
+        )
+        if same_keys and gate.authenticator.realm == current.authenticator.realm:
+            gate.authenticator = current.authenticator
+        if (old.max_failures, old.block_seconds) == (new.max_failures, new.block_seconds):
+            gate.throttle = current.throttle
+        return gate
+
     async def stop(self, grace: float | None = None) -> None:
-        """Stop taking new transactions, then close the listeners, connections and stores."""
+        """Stop taking new transactions, let held ones finish for `grace`, then close all."""
+        self.stopping = True
         if self.engine is not None:
+            self.engine.closed = True  # new requests are dropped; running ones go on
+            await self._drain(self.config.shutdown_grace if grace is None else grace)
             self.engine.close()
         if self._housekeeping is not None:
             self._housekeeping.cancel()
@@ -174,12 +264,48 @@ class Daemon:
             await self.registrar.close()
         if self.proxy is not None:
             await self.proxy.close()
+        if self.messages is not None:
+            await self.messages.close()
+        if self.admin is not None:
+            await self.admin.close()
         if self.dispatcher is not None:
             await self.dispatcher.stop()
+        if self._retired:
+            await asyncio.gather(*self._retired, return_exceptions=True)
         if self.transport is not None:
             await self.transport.close()
         if self.store is not None:
             await self.store.close()
+        if self.message_store is not None:
+            await self.message_store.close()
+
+    async def _drain(self, grace: float) -> None:
+        """Let held requests finish; after `grace` the proxy answers the rest 503."""
+        drain = getattr(self.proxy, "drain", None)
+        if callable(drain):
+            await drain(grace)
+            return
+        if self.proxy is not None and self.proxy.held_calls:
+            log.warning("held calls dropped: the proxy cannot drain", count=self.proxy.held_calls)
+
+
+def _keep_restart_only(current: Config, new: Config) -> Config:
+    """`new` with the sections that need a restart (sip, storage, admin.listen) kept."""
+    kept = []
+    if new.sip != current.sip:
+        kept.append("sip")
+    if new.storage != current.storage:
+        kept.append("storage")
+    if new.admin.listen != current.admin.listen:
+        kept.append("admin.listen")
+    if new.logging.format != current.logging.format:
+        kept.append("logging.format")
+    for key in kept:
+        log.warning("config change needs a restart: kept the running value", key=key)
+    admin = new.admin.model_copy(update={"listen": current.admin.listen})
+    logging = new.logging.model_copy(update={"format": current.logging.format})
+    update = {"sip": current.sip, "storage": current.storage, "admin": admin, "logging": logging}
+    return new.model_copy(update=update)
 
 
 def _count_push(request: PushRequest, result: PushResult) -> None:
@@ -204,6 +330,28 @@ async def open_store(config: Config) -> BindingStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         return await SqliteBindingStore.open(path)
     raise ValueError(f"storage backend {storage.backend!r} is not available")
+
+
+async def open_message_store(config: Config) -> MessageStore:
+    """The message store the config names: the binding store's SQLite file."""
+    storage = config.storage
+    if storage.backend == "sqlite":
+        path = storage.sqlite.path
+        if str(path) == ":memory:":
+            return MemoryMessageStore()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return await SqliteMessageStore.open(path)
+    raise ValueError(f"storage backend {storage.backend!r} is not available")
+
+
+def message_settings(config: Config) -> MessageSettings:
+    """MESSAGE store-and-forward timers and limit from `routing`."""
+    routing = config.routing
+    return MessageSettings(
+        accept_timeout=routing.message_accept_timeout,
+        delivery_timeout=float(routing.message_delivery_timeout),
+        max_per_aor=routing.max_stored_messages_per_aor,
+    )
 
 
 def registrar_settings(config: Config) -> RegistrarSettings:
@@ -280,27 +428,65 @@ def auth_gate(config: Config) -> AuthGate | None:
     )
 
 
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
-    """Run one daemon until SIGTERM / SIGINT."""
+    """Run one daemon until SIGTERM / SIGINT; SIGHUP reloads the config file."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    signals: asyncio.Queue[int] = asyncio.Queue()
+    for signum in _SIGNALS:  # handlers only queue the signal; this loop acts on it
+        loop.add_signal_handler(signum, signals.put_nowait, signum)
     daemon = Daemon(config)
+    watchdog: asyncio.Task[None] | None = None
     try:
         await daemon.start()
         notify.ready()
+        if (interval := notify.watchdog_interval()) is not None:
+            watchdog = asyncio.create_task(_watchdog(interval))
         if ready is not None:
             ready.set()
         log.info("sipushd ready", version=__version__, domains=list(config.sip.domains))
-        await stop.wait()
+        while await signals.get() == signal.SIGHUP:
+            await _reload(daemon, config.source_path)
         notify.stopping()
-        log.info("stopping", grace=config.shutdown_grace)
+        log.info("stopping", grace=daemon.config.shutdown_grace)
     finally:
-        await daemon.stop(config.shutdown_grace)
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        await daemon.stop(daemon.config.shutdown_grace)
+        if watchdog is not None:
+            watchdog.cancel()
+        for signum in _SIGNALS:
             loop.remove_signal_handler(signum)
     log.info("stopped")
+
+
+async def _reload(daemon: Daemon, path: Path | None) -> None:
+    """SIGHUP: reload the config file; a broken one leaves the running config in place."""
+    if path is None:
+        log.warning("reload ignored: the config was not loaded from a file")
+        return
+    notify.reloading()
+    log.info("reloading", config=str(path))
+    try:
+        config = load_config(path)
+        await daemon.reload(config)
+    except ConfigError as exc:
+        problems = [str(problem) for problem in exc.problems]
+        log.error("reload failed: old config kept", config=str(path), problems=problems)
+    except Exception as exc:  # users file, push credentials: keep serving with the old ones
+        log.error("reload failed: old config kept", config=str(path), error=str(exc))
+    else:
+        for warning in config.warnings:
+            log.warning("config warning", problem=str(warning))
+        log.info("config reloaded", config=str(path))
+    notify.ready()
+
+
+async def _watchdog(interval: float) -> None:
+    """systemd WatchdogSec=: ping while the event loop runs."""
+    while True:
+        notify.watchdog()
+        await asyncio.sleep(interval)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

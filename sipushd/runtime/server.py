@@ -2,8 +2,11 @@
 
 It answers what needs no other part of sipushd (OPTIONS to the server, the §8.2 / §16.3
 checks) and hands REGISTER, INVITE, MESSAGE, ... to the handler registered for the
-method. Requests it cannot serve get the status RFC 3261 asks for: 416 for a URI scheme
-it does not serve, 420 for an unsupported Require / Proxy-Require, 483 when
+method. Requests that are not addressed to the server itself (in-dialog requests, and
+Request-URIs naming a user or another host, as `is_for_us` decides) go to
+`forward_handler`, the proxy. Requests it cannot serve get the status RFC 3261 asks for:
+416 for a URI scheme it does not serve, 420 for an unsupported Proxy-Require (and Require,
+for requests it answers itself: a proxy ignores Require, §16.3 step 5), 483 when
 Max-Forwards is exhausted, 405 for a known method without a handler, 501 for an unknown
 method.
 """
@@ -16,7 +19,7 @@ from collections.abc import Callable, Iterable
 import structlog
 
 from sipushd.runtime.engine import Engine
-from sipushd.sip import Endpoint, Request, Response, make_response
+from sipushd.sip import Endpoint, Request, Response, SipParseError, SipUri, make_response
 from sipushd.sip.transaction import TransactionKey
 
 log = structlog.get_logger("sipushd.server")
@@ -52,6 +55,9 @@ class ServerCore:
         ) = None
         self.ack_handler: Callable[[Request, Endpoint], None] | None = None
         self.stray_response_handler: Callable[[Response, Endpoint], None] | None = None
+        # The proxy: requests for someone else; `is_for_us` tells them apart.
+        self.forward_handler: RequestHandler | None = None
+        self.is_for_us: Callable[[SipUri], bool] = lambda uri: True
 
     @property
     def allow(self) -> str:
@@ -85,12 +91,15 @@ class ServerCore:
 
     def on_request(self, request: Request, source: Endpoint, key: TransactionKey) -> None:
         """Validate `request` (§8.2, §16.3) and pass it to its method's handler."""
-        if (problem := self._check(request)) is not None:
+        forward = self.forward_handler is not None and self._forwarded(request)
+        if (problem := self._check(request, local=not forward)) is not None:
             status, reason, headers = problem
             self.reply(key, request, status, reason, headers)
             return
         handler = self.handlers.get(request.method)
-        if handler is not None:
+        if forward and self.forward_handler is not None and (handler is None or _dialog(request)):
+            self.forward_handler(request, source, key)
+        elif handler is not None:
             handler(request, source, key)
         elif request.method == "OPTIONS":
             self._options(request, key)
@@ -129,19 +138,29 @@ class ServerCore:
 
     # --- checks and OPTIONS ----------------------------------------------------------
 
-    def _check(self, request: Request) -> tuple[int, str | None, list[tuple[str, str]]] | None:
+    def _forwarded(self, request: Request) -> bool:
+        """True for a request the proxy forwards rather than the server answering it."""
+        if request.method == "REGISTER":
+            return False
+        try:
+            if _dialog(request) or request.routes:
+                return True
+        except SipParseError:
+            return False
+        return request.uri.user is not None or not self.is_for_us(request.uri)
+
+    def _check(
+        self, request: Request, *, local: bool = True
+    ) -> tuple[int, str | None, list[tuple[str, str]]] | None:
         if request.uri.scheme not in SERVED_SCHEMES:
             return 416, None, []
-        # §8.2.2.3 and §16.3 step 5: option tags we do not implement.
-        unsupported = [
-            tag
-            for tag in (*request.require, *request.proxy_require)
-            if tag.lower() not in SUPPORTED_EXTENSIONS
-        ]
+        # §8.2.2.3 for requests we answer; §16.3 step 5: a proxy looks at Proxy-Require only.
+        tags = (*request.require, *request.proxy_require) if local else request.proxy_require
+        unsupported = [tag for tag in tags if tag.lower() not in SUPPORTED_EXTENSIONS]
         if unsupported and request.method not in ("ACK", "CANCEL"):
             return 420, None, [("Unsupported", ", ".join(unsupported))]
         # §16.3 step 3; an OPTIONS for the server itself is answered by it (§11).
-        if request.max_forwards == 0 and request.method != "OPTIONS":
+        if request.max_forwards == 0 and not (local and request.method == "OPTIONS"):
             return 483, None, []
         return None
 
@@ -157,3 +176,11 @@ class ServerCore:
                 ("Accept", "application/sdp, text/plain, message/cpim"),
             ],
         )
+
+
+def _dialog(request: Request) -> bool:
+    """A request inside a dialog (To tag, §12.2)."""
+    try:
+        return request.to.tag is not None
+    except SipParseError:
+        return False

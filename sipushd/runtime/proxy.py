@@ -1,0 +1,596 @@
+"""The stateful proxy (RFC 3261 §16) with push-and-hold for INVITE (RFC 8599 §5.6.2).
+
+`ProxyCore` is the handler the server core calls for INVITE and for every
+request that is not addressed to the server itself:
+
+- Requests for a served domain go to the AOR's bindings (a GRUU to its one
+  instance), forked in parallel. A binding with push parameters gets a push
+  (`push.mode: always`: at once; `unreachable`: when its flow is gone or no
+  provisional answer came within `push.delay`); the INVITE is held and forked
+  to the phone as soon as it registers again, once per device.
+- Other targets go to `routing.upstream`, only for local users (407 when
+  authentication is on); never an open relay (403).
+- In-dialog requests and ACKs for 2xx follow our Record-Route flow token back
+  over the phone's own connection; stray 2xx retransmissions are forwarded
+  statelessly (§16.7 step 3, §16.11).
+- Caller CANCEL (§16.10): 200, CANCEL the branches, 487. Phones woken by an
+  alert / data push get a missed-call push; phones woken by a VoIP push get
+  the INVITE and then a CANCEL when they register, so CallKit shows the call.
+
+Only this module reads the clock for the proxy: `clock` (UNIX time) for push
+deadlines and the event loop for timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Collection, Coroutine
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import structlog
+
+from sipushd import metrics
+from sipushd.core.binding import Binding
+from sipushd.core.payload import PushKind, PushRequest, PushService
+from sipushd.core.proxy import (
+    DialogFlows,
+    ForwardTarget,
+    ProxyIdentity,
+    bindings_matching,
+    find_loop,
+    forward_request,
+    is_in_dialog,
+    new_branch,
+    push_requests_for,
+    response_upstream,
+    same_endpoint,
+    strip_own_routes,
+    target_for_binding,
+    uri_destination,
+)
+from sipushd.push.base import PushResult
+from sipushd.runtime.authgate import AuthGate
+from sipushd.runtime.engine import Engine
+from sipushd.runtime.forking import Branch, ForwardContext
+from sipushd.runtime.server import ServerCore
+from sipushd.sip import Endpoint, Request, Response, SipParseError, SipUri, make_response
+from sipushd.sip.transaction import TransactionError, TransactionKey
+from sipushd.store.base import BindingStore, StoreError
+from sipushd.transport import TransportError
+from sipushd.transport.routing import response_destination
+
+log = structlog.get_logger("sipushd.proxy")
+
+
+class Network(Protocol):
+    """What the proxy needs of the transport."""
+
+    def flow_alive(self, endpoint: Endpoint) -> bool:
+        """True while the connection named by endpoint.flow accepts output."""
+        ...
+
+    def send(self, message: Request | Response, destination: Endpoint) -> Endpoint:
+        """Send without a transaction (stateless forwarding)."""
+        ...
+
+
+class PushSender(Protocol):
+    """What the proxy needs of the push dispatcher."""
+
+    def submit(self, request: PushRequest) -> asyncio.Future[PushResult]:
+        """Queue one push; the future resolves to its result."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    """Routing and push settings (DESIGN.md, `routing` and `push` sections)."""
+
+    domains: frozenset[str]
+    call_timeout: float = 90.0
+    push_sent_response: bool = True
+    push_mode: str = "always"
+    push_delay: float = 2.0
+    upstream: SipUri | None = None
+
+
+@dataclass(eq=False)
+class Wakeup:
+    """One device pushed for a held INVITE, and how its wake-up went (loop times)."""
+
+    binding: Binding
+    push: PushRequest
+    pushed_at: float
+    state: str = "pushing"  # pushing -> pushed -> registered; or failed
+    registered_at: float | None = None
+    forwarded_at: float | None = None
+    answered: int | None = None
+
+    @property
+    def waiting(self) -> bool:
+        """True while the device may still register."""
+        return self.state in ("scheduled", "pushing", "pushed")
+
+
+@dataclass(eq=False)
+class HeldCall:
+    """An INVITE to a local AOR with pushed devices (RFC 8599 §5.6.2)."""
+
+    context: ForwardContext
+    aor: str
+    started: float
+    wakeups: dict[str, Wakeup] = field(default_factory=dict)
+    forked: dict[str, Branch] = field(default_factory=dict)
+    timer: asyncio.TimerHandle | None = None
+    cancelled: bool = False
+    held: bool = False
+
+    def waiting(self) -> bool:
+        """True while a pushed device may still register (keeps the call open)."""
+        return any(w.waiting for w in self.wakeups.values())
+
+
+def device_id(binding: Binding) -> str:
+    """One device: its instance id, else its binding key."""
+    return binding.instance or binding.key
+
+
+class ProxyCore:
+    """Routes, forks and holds requests; see the module docstring."""
+
+    def __init__(
+        self,
+        server: ServerCore,
+        store: BindingStore,
+        network: Network,
+        pushes: PushSender,
+        identity: ProxyIdentity,
+        settings: ProxySettings,
+        *,
+        auth: AuthGate | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.server = server
+        self.engine: Engine = server.engine
+        self.store = store
+        self.network = network
+        self.pushes = pushes
+        self.identity = identity
+        self.settings = settings
+        self.auth = auth
+        self.clock = clock
+        self._loop = asyncio.get_running_loop()
+        self._contexts: dict[TransactionKey, ForwardContext] = {}
+        self._calls: dict[TransactionKey, HeldCall] = {}
+        self._held: dict[str, set[HeldCall]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def attach(self) -> None:
+        """Install the proxy's hooks in the server core."""
+        server = self.server
+        server.handlers["INVITE"] = self.handle
+        server.forward_handler = self.handle
+        server.cancel_handler = self.on_cancel
+        server.ack_handler = self.on_ack
+        server.stray_response_handler = self.on_stray_response
+
+    @property
+    def held_calls(self) -> int:
+        """INVITEs currently held for a waking phone."""
+        return sum(len(calls) for calls in self._held.values())
+
+    # --- requests --------------------------------------------------------------------
+
+    def handle(self, request: Request, source: Endpoint, key: TransactionKey) -> None:
+        """Server handler: route one request (§16.3-§16.5)."""
+        if find_loop(request, self.identity):
+            self.server.reply(key, request, 482)
+            return
+        request, flows = strip_own_routes(request, self.identity)
+        try:
+            if is_in_dialog(request):
+                self._in_dialog(request, source, key, flows)
+            elif self.is_local(request.uri) and not request.routes:
+                if self._authorised(request, source, key, local_target=True):
+                    self._spawn(self._to_local(request, source, key))
+            elif self._authorised(request, source, key, local_target=False):
+                self._to_upstream(request, source, key)
+        except SipParseError as exc:
+            self.server.reply(key, request, 400, f"Bad Request ({exc})"[:100])
+
+    def is_local(self, uri: SipUri) -> bool:
+        """True for a URI of a served domain (the location service decides, §16.5)."""
+        return uri.host.lower() in self.settings.domains
+
+    def _authorised(
+        self, request: Request, source: Endpoint, key: TransactionKey, *, local_target: bool
+    ) -> bool:
+        from_local = request.from_.uri.host.lower() in self.settings.domains
+        if local_target and not (from_local and request.method == "INVITE"):
+            return True  # anyone may call a local user; local callers prove who they are
+        if not from_local:
+            self.server.reply(key, request, 403, "Relaying Denied")
+            return False
+        if self.auth is None:
+            return True
+        verdict = self.auth.check(request, source, proxy=True)
+        if not verdict.passed:
+            self.server.reply(key, request, verdict.status, verdict.reason, verdict.headers)
+            return False
+        if verdict.username is not None and verdict.username != request.from_.uri.user:
+            self.server.reply(key, request, 403, "From Is Not Your Address")
+            return False
+        return True
+
+    def _spawn(self, coroutine: Coroutine[object, object, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _to_local(self, request: Request, source: Endpoint, key: TransactionKey) -> None:
+        context = self._context(request, source, key)
+        if request.uri.user is None:
+            context.finish(context.reply(404))
+            return
+        try:
+            bindings = await self.bindings_for(request.uri)
+        except StoreError as exc:
+            log.error("binding store failed", error=str(exc), call_id=request.call_id)
+            context.finish(context.reply(500))
+            return
+        if context.finished:
+            return  # cancelled while the store answered
+        if not bindings:
+            # RFC 8599 / §16.5: a known domain, nobody registered.
+            context.finish(context.reply(480))
+            return
+        if request.method == "INVITE":
+            self._start_call(context, request.uri.aor, bindings)
+        else:
+            self.fork_to_bindings(context, bindings)
+
+    async def bindings_for(self, uri: SipUri) -> list[Binding]:
+        """The live bindings a local Request-URI names (a GRUU names one instance)."""
+        now = self.clock()
+        if uri.has_param("gr"):
+            found = await self.store.by_gruu(str(uri), now)
+            return [found] if found is not None else []
+        return await self.store.get(uri.aor, now)
+
+    def _context(self, request: Request, source: Endpoint, key: TransactionKey) -> ForwardContext:
+        context = ForwardContext(
+            self.engine, request, source, key, on_finished=self._context_finished
+        )
+        self._contexts[key] = context
+        return context
+
+    def _context_finished(self, context: ForwardContext) -> None:
+        self._contexts.pop(context.key, None)
+        call = self._calls.get(context.key)
+        if call is not None and not (call.cancelled and self._voip_waiting(call)):
+            self._end_call(call)
+
+    def fork_to_bindings(self, context: ForwardContext, bindings: Collection[Binding]) -> None:
+        """Fork a non-INVITE request to every binding reachable now (no push)."""
+        with context.forking():
+            for binding in bindings:
+                alive = self.network.flow_alive(binding.flow)
+                if binding.push is None or alive or not binding.flow.reliable:
+                    self.fork_to(context, binding)
+
+    def fork_to(self, context: ForwardContext, binding: Binding) -> Branch | None:
+        """Fork `context`'s request to one binding (§16.6); None when it cannot be reached."""
+        target = target_for_binding(binding, self.network.flow_alive(binding.flow))
+        if target is None:
+            return None
+        request = context.request
+        forwarded = forward_request(
+            request,
+            target,
+            self.identity,
+            branch=new_branch(request),
+            source=context.source,
+            record_route=request.method in ("INVITE", "SUBSCRIBE", "REFER"),
+        )
+        return context.fork(forwarded, target.destination, device_id(binding))
+
+    def _to_upstream(self, request: Request, source: Endpoint, key: TransactionKey) -> None:
+        upstream = self.settings.upstream
+        hop = uri_destination(upstream) if upstream is not None else None
+        if upstream is None or hop is None:
+            self.server.reply(key, request, 403, "Relaying Denied")
+            return
+        route = f"<{upstream.with_param('lr')}>"
+        request = request.replace(headers=request.headers.remove("Proxy-Authorization"))
+        context = self._context(request, source, key)
+        forwarded = forward_request(
+            request,
+            ForwardTarget(request.uri, hop, (route,)),
+            self.identity,
+            branch=new_branch(request),
+            source=source,
+            record_route=request.method == "INVITE",
+        )
+        context.fork(forwarded, hop)
+
+    # --- push and hold (RFC 8599 §5.6.2) ---------------------------------------------
+
+    def _start_call(self, context: ForwardContext, aor: str, bindings: list[Binding]) -> None:
+        call = HeldCall(context, aor, self._loop.time())
+        context.holding = call.waiting
+        self._calls[context.key] = call
+        deadline = self.clock() + self.settings.call_timeout
+        with context.forking():
+            self._fork_or_push(call, bindings, deadline)
+        if call.wakeups:
+            call.held = True
+            metrics.HELD_REQUESTS.labels(method="INVITE").inc()
+            self._held.setdefault(aor, set()).add(call)
+            if self.settings.push_sent_response and not context.finished:
+                self.engine.respond(context.key, make_response(context.request, 110, "Push sent"))
+        if context.finished:
+            self._end_call(call)
+        else:
+            call.timer = self._loop.call_later(self.settings.call_timeout, self._timeout, call)
+
+    def _fork_or_push(self, call: HeldCall, bindings: list[Binding], deadline: float) -> None:
+        context = call.context
+        for binding in bindings:
+            alive = binding.flow.reliable and self.network.flow_alive(binding.flow)
+            pushes = push_requests_for(binding, context.request, deadline=deadline)
+            if binding.push is None or alive:
+                branch = self.fork_to(context, binding)
+                if branch is not None:
+                    call.forked[device_id(binding)] = branch
+                    branch.on_event = self._branch_event(call)
+            if not pushes:
+                continue
+            if self.settings.push_mode == "always" or not alive:
+                self._push(call, binding, pushes[0])
+            else:
+                self._push_later(call, binding, pushes[0])
+
+    def _push(self, call: HeldCall, binding: Binding, push: PushRequest) -> None:
+        wakeup = Wakeup(binding, push, self._loop.time())
+        call.wakeups[device_id(binding)] = wakeup
+        future = self.pushes.submit(push)
+        future.add_done_callback(lambda f: self._pushed(call, wakeup, f))
+
+    def _push_later(self, call: HeldCall, binding: Binding, push: PushRequest) -> None:
+        """`push.mode: unreachable`: push only if the live flow stays silent for push.delay."""
+        wakeup = Wakeup(binding, push, self._loop.time(), state="scheduled")
+        call.wakeups[device_id(binding)] = wakeup
+
+        def check() -> None:
+            branch = call.forked.get(device_id(binding))
+            if wakeup.state != "scheduled" or call.context.finished:
+                return
+            if branch is not None and branch.provisional and not branch.done:
+                wakeup.state = "failed"  # it rings: no push needed
+                return
+            wakeup.state = "pushing"
+            wakeup.pushed_at = self._loop.time()
+            future = self.pushes.submit(push)
+            future.add_done_callback(lambda f: self._pushed(call, wakeup, f))
+
+        self._loop.call_later(self.settings.push_delay, check)
+
+    def _pushed(self, call: HeldCall, wakeup: Wakeup, future: asyncio.Future[PushResult]) -> None:
+        delivered = not future.cancelled() and future.result().delivered
+        if wakeup.state != "pushing":
+            return
+        wakeup.state = "pushed" if delivered else "failed"
+        if not delivered:
+            # A push that failed is a failed branch: this device will not register.
+            call.context.check_done()
+
+    def on_registered(self, binding: Binding) -> None:
+        """Registrar listener: a device registered; fork held INVITEs to it (once)."""
+        for call in list(self._held.get(binding.aor, ())):
+            for wakeup in call.wakeups.values():
+                if wakeup.state == "registered":
+                    continue
+                if not bindings_matching(binding, [wakeup.binding]):
+                    continue
+                wakeup.state = "registered"
+                wakeup.registered_at = self._loop.time()
+                # After this call returns the registrar sends its 2xx: the INVITE follows it.
+                self._loop.call_soon(self._wake, call, wakeup, binding)
+
+    def _wake(self, call: HeldCall, wakeup: Wakeup, binding: Binding) -> None:
+        context = call.context
+        ident = device_id(wakeup.binding)
+        prior = call.forked.get(ident)
+        if prior is not None and not (prior.done and prior.status in (0, 408)):
+            return  # this device already has the INVITE
+        late = context.finished
+        if late and not (call.cancelled and wakeup.push.service is PushService.VOIP):
+            return
+        branch = self.fork_to(context, binding)
+        if branch is None:
+            context.check_done()
+            return
+        branch.on_event = self._branch_event(call)
+        call.forked[ident] = branch
+        wakeup.forwarded_at = self._loop.time()
+        provider = wakeup.push.provider
+        metrics.WAKEUPS.labels(provider=provider).inc()
+        if wakeup.registered_at is not None:
+            metrics.WAKEUP_LATENCY.labels(provider=provider).observe(
+                wakeup.registered_at - wakeup.pushed_at
+            )
+        if late and not self._voip_waiting(call):
+            self._end_call(call)
+
+    def _branch_event(self, call: HeldCall) -> Callable[[Branch, Response | None], None]:
+        def event(branch: Branch, response: Response | None) -> None:
+            wakeup = call.wakeups.get(branch.label or "")
+            if wakeup is not None and branch.done:
+                wakeup.answered = branch.status
+
+        return event
+
+    def _voip_waiting(self, call: HeldCall) -> bool:
+        return any(w.waiting and w.push.service is PushService.VOIP for w in call.wakeups.values())
+
+    def _timeout(self, call: HeldCall) -> None:
+        """routing.call_timeout: nobody answered; 480 or the best response (§16.7)."""
+        call.timer = None
+        call.context.finish_best(480)
+        self._end_call(call)
+
+    def _end_call(self, call: HeldCall) -> None:
+        if call.timer is not None:
+            call.timer.cancel()
+            call.timer = None
+        calls = self._held.get(call.aor)
+        if calls is not None:
+            calls.discard(call)
+            if not calls:
+                del self._held[call.aor]
+        if self._calls.pop(call.context.key, None) is None:
+            return
+        if call.held:
+            metrics.HELD_REQUESTS.labels(method="INVITE").dec()
+        self._log_story(call)
+
+    def _log_story(self, call: HeldCall) -> None:
+        """One line per woken device: pushed -> registered -> forwarded -> answered."""
+
+        def ms(at: float | None, since: float) -> float | None:
+            return None if at is None else round((at - since) * 1000, 1)
+
+        final = call.context.final
+        for wakeup in call.wakeups.values():
+            log.info(
+                "wake-up",
+                call_id=call.context.request.call_id,
+                aor=call.aor,
+                instance=wakeup.binding.instance,
+                provider=wakeup.push.provider,
+                service=wakeup.push.service.value,
+                push=wakeup.state,
+                registered_ms=ms(wakeup.registered_at, wakeup.pushed_at),
+                forwarded_ms=ms(wakeup.forwarded_at, wakeup.pushed_at),
+                answered=wakeup.answered,
+                caller_got=final.status if final is not None else None,
+                cancelled=call.cancelled,
+            )
+
+    # --- CANCEL, in-dialog, ACK, stray responses -------------------------------------
+
+    def on_cancel(
+        self,
+        cancel: Request,
+        source: Endpoint,
+        key: TransactionKey,
+        invite_key: TransactionKey | None,
+    ) -> None:
+        """§16.10: 200 to the CANCEL, CANCEL every pending branch, 487 to the caller."""
+        context = self._contexts.get(invite_key) if invite_key is not None else None
+        if invite_key is None:
+            self.server.reply(key, cancel, 481)
+            return
+        self.server.reply(key, cancel, 200)
+        if context is None:
+            # §9.2: an INVITE we answered ourselves, or already final.
+            self.engine.respond(invite_key, make_response(cancel.replace(method="INVITE"), 487))
+            return
+        reason = cancel.headers.get("Reason")
+        context.cancel_reason = reason
+        call = self._calls.get(invite_key)
+        if call is not None:
+            call.cancelled = True
+            self._missed_call_pushes(call, reason)
+        context.cancel_all(reason)
+        context.finish(context.reply(487))
+
+    def _missed_call_pushes(self, call: HeldCall, reason: str | None) -> None:
+        """Devices woken by an alert / data push get a missed-call push instead."""
+        for wakeup in call.wakeups.values():
+            if not wakeup.waiting or wakeup.push.service is PushService.VOIP:
+                continue
+            wakeup.state = "failed"
+            for push in push_requests_for(
+                wakeup.binding,
+                call.context.request,
+                deadline=wakeup.push.deadline,
+                kind=PushKind.MISSED_CALL,
+            ):
+                self.pushes.submit(replace(push, cancel_reason=reason))
+
+    def _in_dialog(
+        self, request: Request, source: Endpoint, key: TransactionKey, flows: DialogFlows | None
+    ) -> None:
+        destination = self._dialog_destination(request, source, flows)
+        if destination is None:
+            self.server.reply(key, request, 404, "No Route To Target")
+            return
+        context = self._context(request, source, key)
+        forwarded = forward_request(
+            request,
+            ForwardTarget(request.uri, destination),
+            self.identity,
+            branch=new_branch(request),
+            record_route=False,
+        )
+        context.fork(forwarded, destination)
+
+    def _dialog_destination(
+        self, request: Request, source: Endpoint, flows: DialogFlows | None
+    ) -> Endpoint | None:
+        """The other end of the dialog over its own flow, else the next Route / target."""
+        if flows is not None:
+            other = None
+            if same_endpoint(source, flows.caller):
+                other = flows.callee
+            elif same_endpoint(source, flows.callee):
+                other = flows.caller
+            if other is not None and (not other.reliable or self.network.flow_alive(other)):
+                return other
+        routes = request.routes
+        return uri_destination(routes[0].uri if routes else request.uri)
+
+    def on_ack(self, ack: Request, source: Endpoint) -> None:
+        """An ACK for a 2xx: end to end, forwarded statelessly along the route (§16.6)."""
+        try:
+            if find_loop(ack, self.identity):
+                return
+            ack, flows = strip_own_routes(ack, self.identity)
+            destination = self._dialog_destination(ack, source, flows)
+            if destination is None:
+                return
+            forwarded = forward_request(
+                ack,
+                ForwardTarget(ack.uri, destination),
+                self.identity,
+                branch=new_branch(ack),
+                record_route=False,
+            )
+            self.engine.send_request(forwarded, destination, None)
+        except (SipParseError, TransactionError, TransportError, ValueError) as exc:
+            log.info("ACK not forwarded", error=str(exc))
+
+    def on_stray_response(self, response: Response, source: Endpoint) -> None:
+        """A 2xx retransmission with no transaction left: forward it statelessly (§16.7)."""
+        try:
+            vias = response.vias
+            if not (200 <= response.status < 300 and response.cseq.method == "INVITE"):
+                return
+            top = vias[0]
+            if len(vias) < 2 or not self.identity.is_our_via(top.host, top.port, top.transport):
+                return
+            upstream = response_upstream(response)
+            self.network.send(upstream, response_destination(upstream))
+        except (SipParseError, TransportError, OSError, ValueError) as exc:
+            log.info("stray response dropped", error=str(exc))
+
+    async def close(self) -> None:
+        """Stop timers and wait for requests in progress."""
+        for call in list(self._calls.values()):
+            if call.timer is not None:
+                call.timer.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -68,9 +68,10 @@ STATUS_LINE_RE = re.compile(r"(SIP/[0-9]+\.[0-9]+) ([1-6][0-9][0-9])(?: (.*))?",
 # SIP-Version  =  "SIP" "/" 1*DIGIT "." 1*DIGIT
 SIP_VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.IGNORECASE)
 
-# Control characters other than HTAB, CR and LF are not allowed in a message
-# head (CR and LF are checked separately: only as CRLF pairs).
-BAD_HEAD_CHARS_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# message-header  =  field-name HCOLON field-value CRLF ; TEXT-UTF8char / LWS
+# Octets allowed in a message head: HTAB, LF, CR, SP, visible ASCII and all
+# non-ASCII (UTF-8 validity is checked by decoding). Other controls are refused.
+HEAD_OCTETS = bytes([0x09, 0x0A, 0x0D, *range(0x20, 0x7F), *range(0x80, 0x100)])
 # A header value set from code may not contain CR, LF or NUL.
 BAD_VALUE_CHARS_RE = re.compile(r"[\x00\r\n]")
 

@@ -55,20 +55,21 @@ _KNOWN_NAMES = (
 # lowercase name (or compact form) -> (canonical display name, lookup key)
 _CANONICAL: dict[str, tuple[str, str]] = {n.lower(): (n, n.lower()) for n in _KNOWN_NAMES}
 _CANONICAL.update({c: (n, n.lower()) for c, n in COMPACT_FORMS.items()})
-_NAME_CACHE: dict[str, tuple[str, str]] = {}
+# raw header name -> (display name, key), for names already seen and validated
+NAME_CACHE: dict[str, tuple[str, str]] = {}
 
 
 def canonical_name(name: str) -> tuple[str, str]:
     """Return (display name, lowercase key) for a header name; ValueError if not a token."""
-    cached = _NAME_CACHE.get(name)
+    cached = NAME_CACHE.get(name)
     if cached is not None:
         return cached
     if _abnf.TOKEN_RE.fullmatch(name) is None:
         raise SipParseError(f"header name is not a token: {name!r}")
     lower = name.lower()
     result = _CANONICAL.get(lower) or (name, lower)
-    if len(_NAME_CACHE) < 4096:
-        _NAME_CACHE[name] = result
+    if len(NAME_CACHE) < 4096:
+        NAME_CACHE[name] = result
     return result
 
 
@@ -297,9 +298,16 @@ def _param(params: Params, name: str) -> str | None:
     return None
 
 
+def _flag_param(params: Params, name: str) -> str | None:
+    for key, value in params:
+        if key == name:
+            return "" if value is None else value
+    return None
+
+
 @dataclass(frozen=True)
 class Via:
-    """One Via value (RFC 3261 §20.42); ``transport`` upper case, "" for a valueless flag."""
+    """One Via value (RFC 3261 §20.42); ``transport`` is upper case."""
 
     transport: str
     host: str
@@ -308,21 +316,18 @@ class Via:
 
     @property
     def branch(self) -> str | None:
-        """The branch parameter (RFC 3261 §8.1.1.7)."""
-        return _param(self.params, "branch")
+        """The branch parameter (RFC 3261 §8.1.1.7); "" if present without a value."""
+        return _flag_param(self.params, "branch")
 
     @property
     def received(self) -> str | None:
-        """The received parameter (RFC 3261 §18.2.1)."""
-        return _param(self.params, "received")
+        """The received parameter (RFC 3261 §18.2.1); "" if present without a value."""
+        return _flag_param(self.params, "received")
 
     @property
     def rport(self) -> str | None:
         """The rport parameter (RFC 3581); "" when present without a value."""
-        for key, value in self.params:
-            if key == "rport":
-                return "" if value is None else value
-        return None
+        return _flag_param(self.params, "rport")
 
     def param(self, name: str) -> str | None:
         """Value of parameter ``name`` (None if absent or a flag)."""

@@ -12,7 +12,7 @@ import re
 
 from sipushd.sip import _abnf
 from sipushd.sip.errors import SipParseError
-from sipushd.sip.headers import _NAME_CACHE, Headers, canonical_name, parse_uint
+from sipushd.sip.headers import NAME_CACHE, Headers, canonical_name, parse_uint
 from sipushd.sip.message import Request, Response
 from sipushd.sip.uri import parse_uri
 
@@ -58,14 +58,9 @@ def _parse_datagram(data: bytes, max_message_size: int) -> Message:
     return build_message(start_line, headers, body)
 
 
-# Octets allowed in a message head: HTAB, LF, CR, visible ASCII, SP and all
-# non-ASCII (UTF-8 is checked by decoding). Other controls are refused.
-_HEAD_OCTETS = bytes([0x09, 0x0A, 0x0D, *range(0x20, 0x7F), *range(0x80, 0x100)])
-
-
 def parse_head(head: bytes) -> tuple[str, Headers, int | None]:
     """Split a message head into start line, headers and Content-Length (if any)."""
-    if head.translate(None, _HEAD_OCTETS):
+    if head.translate(None, _abnf.HEAD_OCTETS):
         raise SipParseError("control character in message head")
     text = head.decode("utf-8")
     if "\r\n " in text or "\r\n\t" in text:
@@ -81,7 +76,7 @@ def parse_head(head: bytes) -> tuple[str, Headers, int | None]:
     keys: list[str] = []
     index: dict[str, list[str]] = {}
     lengths: list[str] = []
-    known = _NAME_CACHE.get
+    known = NAME_CACHE.get
     for line in lines[1:]:
         name, colon, value = line.partition(":")
         if not colon:
@@ -166,7 +161,9 @@ class StreamParser:
 
     Content-Length is mandatory on streams. CRLF keep-alives between messages
     (RFC 5626 §3.5.1) are skipped and counted in ``keepalives``. After a
-    SipParseError the stream is unusable: every later feed raises again.
+    SipParseError the stream is unusable: every later feed raises again, and
+    messages completed earlier in the failing feed call are not returned
+    (the caller answers 400 and closes the connection, RFC 3261 §18.3).
     """
 
     def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:

@@ -80,6 +80,8 @@ def test_via() -> None:
     assert (v.branch, v.received, v.rport) == ("z9hG4bK1", "1.2.3.4", "")
     assert parse_via("SIP/2.0/TCP [2001:db8::1];rport=5070").rport == "5070"
     assert parse_via("SIP/2.0/TLS a.b").rport is None
+    flags = parse_via("SIP/2.0/TLS a.b;branch;received")
+    assert (flags.branch, flags.received, flags.rport) == ("", "", None)
     v2 = v.with_param("received", "5.6.7.8").with_param("rport", "1234")
     assert (
         str(v2) == "SIP/2.0/UDP host.example.com:5062;branch=z9hG4bK1;received=5.6.7.8;rport=1234"

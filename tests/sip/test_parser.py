@@ -6,11 +6,14 @@ import pytest
 
 from sipushd.sip import (
     CSeq,
+    Endpoint,
+    Headers,
     Request,
     Response,
     SipParseError,
     make_response,
     parse_message,
+    parse_uri,
     reason_phrase,
 )
 from tests.sip.samples import INVITE, OPTIONS, REGISTER, RESPONSE, SDP
@@ -136,3 +139,83 @@ def test_malformed(data: bytes, status: int) -> None:
     with pytest.raises(SipParseError) as info:
         parse_message(data)
     assert info.value.status_hint == status
+
+
+def test_messages_built_in_code() -> None:
+    uri = parse_uri("sip:bob@example.org")
+    headers = Headers(
+        [
+            ("Via", "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKcode"),
+            ("From", "<sip:alice@example.org>;tag=a"),
+            ("To", "<sip:bob@example.org>"),
+            ("Call-ID", "code-1"),
+            ("CSeq", "2 MESSAGE"),
+            ("Content-Length", "999"),
+            ("Content-Type", "text/plain"),
+        ]
+    )
+    m = Request("MESSAGE", uri, headers, b"hello")
+    assert m.transaction_branch == "z9hG4bKcode"
+    assert m.cseq == CSeq(2, "MESSAGE")
+    assert m.contacts == [] and not m.is_star_contact
+    data = m.to_bytes()
+    assert b"Content-Length: 5\r\n" in data and b"999" not in data
+    parsed = _req(data)
+    assert parsed == m.replace(headers=headers.remove("Content-Length"))
+    assert hash(parsed) == hash(m.replace(headers=headers.remove("Content-Length")))
+    bigger = m.replace(body=b"hello world")
+    assert b"Content-Length: 11\r\n" in bigger.to_bytes()
+    assert bigger.cseq == m.cseq
+
+
+def test_accessor_errors_are_parse_errors() -> None:
+    m = Request("OPTIONS", parse_uri("sip:x@y"), Headers([("CSeq", "x")]))
+    assert m.transaction_branch is None
+    for name in ("top_via", "from_", "to", "call_id", "cseq"):
+        with pytest.raises(SipParseError):
+            getattr(m, name)
+    bad = m.replace(headers=Headers([("Expires", "soon"), ("Authorization", "Digest x")]))
+    with pytest.raises(SipParseError):
+        _ = bad.expires
+    with pytest.raises(SipParseError):
+        _ = bad.authorization
+
+
+def test_star_contact_and_lists() -> None:
+    star = _req(
+        REGISTER.replace(b"Contact: <sip:alice@192", b"Contact: *\r\nX-Old: <sip:alice@192")
+    )
+    assert star.is_star_contact and star.contacts == []
+    routed = _req(
+        INVITE.replace(
+            b"CSeq: 1 INVITE\r\n",
+            b"CSeq: 1 INVITE\r\nRoute: <sip:p1.example.org;lr>, <sip:p2.example.org;lr>\r\n"
+            b"Route: <sip:p3.example.org;lr>\r\nRecord-Route: <sip:rr.example.org;lr>\r\n"
+            b"Path: <sip:path.example.org;lr;ob>\r\nRequire: outbound\r\n"
+            b"Proxy-Require: sec-agree\r\n"
+            b'Proxy-Authorization: Digest username="a", realm="r", nonce="n"\r\n'
+            b'WWW-Authenticate: Digest realm="r", nonce="n", algorithm=SHA-256\r\n'
+            b'Proxy-Authenticate: Digest realm="p", nonce="q"\r\n',
+        )
+    )
+    assert [r.uri.host for r in routed.routes] == [
+        "p1.example.org",
+        "p2.example.org",
+        "p3.example.org",
+    ]
+    assert routed.record_routes[0].uri.has_param("lr")
+    assert routed.paths[0].uri.has_param("ob")
+    assert routed.require == ["outbound"] and routed.proxy_require == ["sec-agree"]
+    assert routed.proxy_authorization[0].param("username") == "a"
+    assert routed.www_authenticate[0].param("algorithm") == "SHA-256"
+    assert routed.proxy_authenticate[0].param("realm") == "p"
+    assert routed.authorization == []
+
+
+def test_endpoint() -> None:
+    udp = Endpoint("udp", "192.0.2.1", 5060)
+    tls = Endpoint("tls", "2001:db8::1", 5061, flow=7)
+    assert not udp.reliable and tls.reliable
+    assert str(udp) == "udp:192.0.2.1:5060"
+    assert str(tls) == "tls:[2001:db8::1]:5061"
+    assert udp == Endpoint("udp", "192.0.2.1", 5060, None)

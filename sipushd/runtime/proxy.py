@@ -166,6 +166,9 @@ class ProxyCore:
         self._calls: dict[TransactionKey, HeldCall] = {}
         self._held: dict[str, set[HeldCall]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # (aor, key) -> the flow a binding registered on; persistent stores forget
+        # flow ids (they name connections of this process only), the proxy does not.
+        self._flows: dict[tuple[str, str], Endpoint] = {}
 
     def attach(self) -> None:
         """Install the proxy's hooks in the server core."""
@@ -180,6 +183,29 @@ class ProxyCore:
     def held_calls(self) -> int:
         """INVITEs currently held for a waking phone."""
         return sum(len(calls) for calls in self._held.values())
+
+    def held(self) -> list[dict[str, object]]:
+        """The held INVITEs and their pushed devices (for the admin API)."""
+        now = self._loop.time()
+        return [
+            {
+                "call_id": call.context.request.call_id,
+                "aor": call.aor,
+                "age": round(now - call.started, 3),
+                "cancelled": call.cancelled,
+                "devices": [
+                    {
+                        "instance": w.binding.instance,
+                        "provider": w.push.provider,
+                        "service": w.push.service.value,
+                        "state": w.state,
+                    }
+                    for w in call.wakeups.values()
+                ],
+            }
+            for calls in self._held.values()
+            for call in calls
+        ]
 
     # --- requests --------------------------------------------------------------------
 
@@ -256,8 +282,23 @@ class ProxyCore:
         now = self.clock()
         if uri.has_param("gr"):
             found = await self.store.by_gruu(str(uri), now)
-            return [found] if found is not None else []
-        return await self.store.get(uri.aor, now)
+            bindings = [found] if found is not None else []
+        else:
+            bindings = await self.store.get(uri.aor, now)
+        return [self._with_flow(b) for b in bindings]
+
+    def _with_flow(self, binding: Binding) -> Binding:
+        """`binding` with the flow id it registered on, while that connection lives."""
+        known = self._flows.get((binding.aor, binding.key))
+        flow = binding.flow
+        if known is None or flow.flow is not None:
+            return binding
+        if not self.network.flow_alive(known):
+            del self._flows[(binding.aor, binding.key)]
+            return binding
+        if (known.transport, known.host, known.port) != (flow.transport, flow.host, flow.port):
+            return binding
+        return replace(binding, flow=known)
 
     def _context(self, request: Request, source: Endpoint, key: TransactionKey) -> ForwardContext:
         context = ForwardContext(
@@ -388,6 +429,8 @@ class ProxyCore:
 
     def on_registered(self, binding: Binding) -> None:
         """Registrar listener: a device registered; fork held INVITEs to it (once)."""
+        if binding.flow.flow is not None:
+            self._flows[(binding.aor, binding.key)] = binding.flow
         for call in list(self._held.get(binding.aor, ())):
             for wakeup in call.wakeups.values():
                 if wakeup.state == "registered":

@@ -234,7 +234,7 @@ class AdminApi:
     def _unauthorised(self, request: HttpRequest) -> HttpResponse:
         # RFC 6750 §3: no credentials -> bare challenge; wrong ones -> invalid_token.
         challenge = 'Bearer realm="sipushd"'
-        if request.header("authorization") is not None:
+        if request.header("authorization"):
             challenge += ', error="invalid_token"'
         return json_response(401, {"error": "unauthorized"}, (("WWW-Authenticate", challenge),))
 
@@ -317,15 +317,24 @@ class AdminApi:
         return json_response(200, {"held": jsonable(await _maybe_await(held()))})
 
     async def get_messages(self, request: HttpRequest, params: Params) -> HttpResponse:
-        """MESSAGEs stored for the AOR (from the message service's `stored(aor)`)."""
+        """MESSAGEs stored for the AOR's bound devices, with the devices still waiting."""
         aor = parse_aor(params["aor"])
-        service = getattr(self.daemon, "messages", None)
-        stored = getattr(service, "stored", None)
-        if not callable(stored):
+        store = getattr(self.daemon, "message_store", None)
+        if store is None:
             body = {"aor": aor, "messages": [], "note": "no message store in this daemon"}
             return json_response(200, body)
-        messages = await _maybe_await(stored(aor))
-        return json_response(200, {"aor": aor, "messages": jsonable(messages)})
+        now = self.clock()
+        found: dict[str, Any] = {}
+        for binding in await self._store().get(aor, now):
+            for message in await store.pending(aor, binding.key, now):
+                found.setdefault(message.id, message)
+        messages = []
+        for message in sorted(found.values(), key=lambda m: m.arrived_at):
+            view = jsonable(message)
+            view["waiting"] = jsonable(await store.waiting(message.id))
+            messages.append(view)
+        count = await store.count(aor, now)
+        return json_response(200, {"aor": aor, "count": count, "messages": messages})
 
     async def post_push_test(self, request: HttpRequest, params: Params) -> HttpResponse:
         """Send one push through the dispatcher and answer the provider's result."""

@@ -33,6 +33,8 @@ __all__ = ["Handler", "HttpRequest", "HttpResponse", "HttpServer", "json_respons
 
 _SERVER_NAME = b"sipushd-admin"
 _READ_SIZE = 65536
+_LINGER = 1.0
+_LINGER_READS = 64
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 
 
@@ -239,9 +241,24 @@ class _Connection:
 
     async def _send_error(self, status: int, message: str) -> None:
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            # h11 only knows the request's framing once it parsed the head.
             with contextlib.suppress(h11.LocalProtocolError):
                 await self._send(_error(status, message), close=True)
+        await self._linger()
+
+    async def _linger(self) -> None:
+        """Half-close, then drop what the client still sends for a moment.
+
+        Closing with unread input makes the kernel send a reset, which can destroy the
+        error response before the client reads it (RFC 9112 §9.6).
+        """
+        if not self.writer.can_write_eof():
+            return
+        self.writer.write_eof()
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            async with asyncio.timeout(_LINGER):
+                for _ in range(_LINGER_READS):
+                    if not await self.reader.read(_READ_SIZE):
+                        break
 
     async def _send(
         self, response: HttpResponse, *, head_only: bool = False, close: bool = False

@@ -80,8 +80,13 @@ class AuthGate:
                 outcome=result.outcome.value,
                 user=result.username,
             )
+        # `is not None`: an empty FailureThrottle has len() 0 and so is falsy.
         throttle = self.throttle
-        if result.counts_as_failure and throttle and throttle.record_failure(source.host, now):
+        if (
+            result.counts_as_failure
+            and throttle is not None
+            and throttle.record_failure(source.host, now)
+        ):
             return Verdict(False, status=403, reason="Too Many Failed Attempts")
         return self.challenge(proxy=proxy, stale=result.stale)
 

@@ -64,6 +64,12 @@ class RegistrarService:
         except SipParseError:
             self._reply(key, request, 400, "Bad To Header")
             return
+        ruri = request.uri
+        if ruri.scheme not in ("sip", "sips") or ruri.host.lower() not in self.domains:
+            # §10.3 step 1 comes before authentication (step 3): never challenge for a
+            # domain we do not serve.
+            self._reply(key, request, 403, "Domain Not Served Here")
+            return
         if self.auth is not None and not self._authorised(request, source, key):
             return
         lock = self._locks.get(aor)

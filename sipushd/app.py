@@ -226,6 +226,8 @@ class Daemon:
             self.proxy.auth = gate
             self.proxy.pushes = dispatcher
             self.proxy.settings = proxy_settings(config)
+        if self.messages is not None:
+            self.messages.settings = message_settings(config)
         if old is not None:  # pushes in flight finish on the old providers
             task = asyncio.create_task(old.stop(config.shutdown_grace))
             self._retired.add(task)

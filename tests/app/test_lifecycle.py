@@ -1,0 +1,388 @@
+"""`sipushd run` as a real process under a fake systemd: readiness, reload, stop, watchdog.
+
+The test plays systemd's side of sd_notify(3): an AF_UNIX datagram socket named by
+NOTIFY_SOCKET that collects READY=1, RELOADING=1, STOPPING=1 and WATCHDOG=1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+import yaml
+
+from sipushd.app import Daemon
+from sipushd.config import Config
+from sipushd.sip import Response
+from sipushd.sip.digest import digest_response, ha1
+from sipushd.testing.ua import SipClient
+from sipushd.users import set_user
+
+REALM = "example.org"
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = int(tcp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+
+
+@dataclass
+class Systemd:
+    """The notify socket the child process reports to."""
+
+    sock: socket.socket
+    path: str
+
+    async def next(self, timeout: float = 20.0) -> str:
+        """The next notification."""
+        loop = asyncio.get_running_loop()
+        data = await asyncio.wait_for(loop.sock_recv(self.sock, 4096), timeout)
+        return data.decode()
+
+    async def expect(self, state: str, timeout: float = 20.0) -> list[str]:
+        """Notifications up to and including the first holding `state` (e.g. "READY=1")."""
+        seen: list[str] = []
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await self.next()
+                seen.append(message)
+                if state in message.split("\n"):
+                    return seen
+
+
+@pytest.fixture
+def systemd() -> Iterator[Systemd]:
+    # AF_UNIX paths are short (108 bytes): pytest's tmp_path can be too long.
+    with tempfile.TemporaryDirectory(prefix="sd") as directory:
+        path = str(Path(directory) / "notify")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        sock.setblocking(False)
+        with sock:
+            yield Systemd(sock, path)
+
+
+@dataclass
+class Child:
+    """A `sipushd run` process and where it listens."""
+
+    process: subprocess.Popen[bytes]
+    config_path: Path
+    config: dict[str, Any]
+    log_path: Path
+    sip_port: int
+    admin_port: int
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.config_path.write_text(yaml.safe_dump(config))
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    async def wait(self, timeout: float = 20.0) -> int:
+        return await asyncio.to_thread(self.process.wait, timeout)
+
+    def admin(self, path: str) -> httpx.Response:
+        return httpx.get(f"http://127.0.0.1:{self.admin_port}{path}", timeout=5)
+
+
+def _config(tmp_path: Path, sip_port: int, admin_port: int) -> dict[str, Any]:
+    return {
+        "sip": {"domains": [REALM], "listen": [f"udp:127.0.0.1:{sip_port}"]},
+        "storage": {"sqlite": {"path": str(tmp_path / "sipushd.db")}},
+        "admin": {"listen": f"127.0.0.1:{admin_port}"},
+        "logging": {"format": "json", "level": "info"},
+        "shutdown_grace": 1,
+    }
+
+
+def _spawn(config_path: Path, log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "sipushd", "run", "--config", str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+
+async def _start(
+    tmp_path: Path,
+    systemd: Systemd,
+    change: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+) -> Child:
+    sip_port, admin_port = free_port(), free_port()
+    config = _config(tmp_path, sip_port, admin_port) | (change or {})
+    config_path = tmp_path / "sipushd.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    log_path = tmp_path / "sipushd.log"
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("WATCHDOG_")}
+    environment |= {"NOTIFY_SOCKET": systemd.path, **(env or {})}
+    process = _spawn(config_path, log_path, environment)
+    child = Child(process, config_path, config, log_path, sip_port, admin_port)
+    try:
+        await systemd.expect("READY=1")
+    except TimeoutError:
+        process.kill()
+        process.wait()
+        raise AssertionError(f"sipushd did not report READY=1:\n{child.log()}") from None
+    return child
+
+
+@pytest_asyncio.fixture
+async def cleanup() -> AsyncIterator[list[Child]]:
+    """Kill children a failed test left running."""
+    children: list[Child] = []
+    yield children
+    for child in children:
+        if child.process.poll() is None:
+            child.process.kill()
+            child.process.wait()
+
+
+async def _options(child: Child) -> Response:
+    async with await SipClient.connect("udp", ("127.0.0.1", child.sip_port)) as ua:
+        return await ua.request("OPTIONS", f"sip:127.0.0.1:{child.sip_port}")
+
+
+async def _register(child: Child, user: str, password: str) -> Response:
+    """REGISTER `user`, answering one Digest challenge (RFC 3261 §22.2)."""
+    async with await SipClient.connect("udp", ("127.0.0.1", child.sip_port)) as ua:
+        contact = f"<sip:{user}@{ua.local[0]}:{ua.local[1]}>"
+        uri = f"sip:{REALM}"
+        headers = [("Contact", contact), ("Expires", "600")]
+        aor = f"sip:{user}@{REALM}"
+        ua.send(ua.build("REGISTER", uri, headers, to=aor, from_=aor))
+        challenge = await ua.final_response()
+        if challenge.status != 401:
+            return challenge
+        ch = challenge.www_authenticate[0]
+        nonce, algorithm = ch.param("nonce") or "", ch.param("algorithm") or "MD5"
+        cnonce, nc = secrets.token_hex(4), "00000001"
+        key = ha1(user, REALM, password, algorithm)
+        digest = digest_response(key, "REGISTER", uri, nonce, nc, cnonce, "auth", algorithm)
+        authorization = (
+            f'Digest username="{user}", realm="{REALM}", nonce="{nonce}", uri="{uri}", '
+            f'response="{digest}", algorithm={algorithm}, qop=auth, nc={nc}, cnonce="{cnonce}"'
+        )
+        headers.append(("Authorization", authorization))
+        ua.send(ua.build("REGISTER", uri, headers, to=aor, from_=aor))
+        return await ua.final_response()
+
+
+@pytest.mark.asyncio
+async def test_ready_then_sigterm_stops_with_exit_0(
+    tmp_path: Path, systemd: Systemd, cleanup: list[Child]
+) -> None:
+    child = await _start(tmp_path, systemd)
+    cleanup.append(child)
+    assert (await _options(child)).status == 200
+    assert child.admin("/health").status_code == 200
+    child.signal(signal.SIGTERM)
+    await systemd.expect("STOPPING=1")
+    assert await child.wait() == 0, child.log()
+    assert '"stopped"' in child.log()
+
+
+@pytest.mark.asyncio
+async def test_sighup_reloads_users_and_log_level_and_keeps_bindings(
+    tmp_path: Path, systemd: Systemd, cleanup: list[Child]
+) -> None:
+    users = tmp_path / "users.yaml"
+    set_user(users, REALM, "alice", "alice-secret")
+    auth = {"enabled": True, "realm": REALM, "users_file": str(users)}
+    child = await _start(tmp_path, systemd, {"auth": auth})
+    cleanup.append(child)
+    assert (await _register(child, "alice", "alice-secret")).status == 200
+    assert (await _register(child, "bob", "bob-secret")).status != 200
+    assert '"registered"' not in child.log()  # a debug line: not at level info
+
+    set_user(users, REALM, "bob", "bob-secret")
+    child.write_config(child.config | {"logging": {"format": "json", "level": "debug"}})
+    child.signal(signal.SIGHUP)
+    [reloading, *_] = await systemd.expect("READY=1")
+    assert reloading.startswith("RELOADING=1\nMONOTONIC_USEC=")
+
+    assert (await _register(child, "bob", "bob-secret")).status == 200
+    assert '"registered"' in child.log()
+    assert len(child.admin("/bindings/alice@example.org").json()) == 1
+    assert len(child.admin("/bindings/bob@example.org").json()) == 1
+    child.signal(signal.SIGTERM)
+    assert await child.wait() == 0, child.log()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("sip: [unclosed\n", "YAML"),
+        (None, "unknown key 'colour'"),
+    ],
+)
+async def test_sighup_with_a_broken_file_keeps_the_running_config(
+    tmp_path: Path, systemd: Systemd, cleanup: list[Child], text: str | None, reason: str
+) -> None:
+    child = await _start(tmp_path, systemd)
+    cleanup.append(child)
+    if text is None:
+        child.write_config(child.config | {"colour": "blue"})
+    else:
+        child.config_path.write_text(text)
+    child.signal(signal.SIGHUP)
+    [reloading, *_] = await systemd.expect("READY=1")
+    assert reloading.startswith("RELOADING=1")
+
+    assert (await _options(child)).status == 200
+    assert child.admin("/health").json()["status"] == "ok"
+    failure = next(line for line in child.log().splitlines() if "reload failed" in line)
+    assert reason in failure
+    child.signal(signal.SIGTERM)
+    assert await child.wait() == 0, child.log()
+
+
+@pytest.mark.asyncio
+async def test_watchdog_pings_when_systemd_asks(
+    tmp_path: Path, systemd: Systemd, cleanup: list[Child]
+) -> None:
+    child = await _start(tmp_path, systemd, env={"WATCHDOG_USEC": "200000"})
+    cleanup.append(child)
+    await systemd.expect("WATCHDOG=1", timeout=5)
+    await systemd.expect("WATCHDOG=1", timeout=5)
+    child.signal(signal.SIGTERM)
+    assert await child.wait() == 0, child.log()
+
+
+@pytest.mark.asyncio
+async def test_no_watchdog_pings_for_another_process(
+    tmp_path: Path, systemd: Systemd, cleanup: list[Child]
+) -> None:
+    env = {"WATCHDOG_USEC": "200000", "WATCHDOG_PID": "1"}
+    child = await _start(tmp_path, systemd, env=env)
+    cleanup.append(child)
+    child.signal(signal.SIGTERM)
+    seen = await systemd.expect("STOPPING=1")
+    assert "WATCHDOG=1" not in seen
+    assert await child.wait() == 0, child.log()
+
+
+# --- Daemon.reload in process -------------------------------------------------------------
+
+PUSH_CONTACT = "pn-provider=fcm;pn-param=my-project;pn-prid=cafe0123"
+
+
+def _in_process(tmp_path: Path, **sections: Any) -> Config:
+    raw: dict[str, Any] = {
+        "sip": {"domains": [REALM], "listen": ["udp:127.0.0.1:0"]},
+        "storage": {"sqlite": {"path": str(tmp_path / "db.sqlite")}},
+        "admin": {"listen": "127.0.0.1:0"},
+    }
+    return Config.model_validate(raw | sections)
+
+
+async def _register_push(daemon: Daemon) -> Response:
+    udp = daemon.listeners[0]
+    async with await SipClient.connect("udp", (udp.host, udp.port)) as ua:
+        contact = f"<sip:carol@{ua.local[0]}:{ua.local[1]};{PUSH_CONTACT}>"
+        aor = f"sip:carol@{REALM}"
+        request = ua.build("REGISTER", f"sip:{REALM}", [("Contact", contact)], to=aor, from_=aor)
+        ua.send(request)
+        return await ua.final_response()
+
+
+@pytest.mark.asyncio
+async def test_reload_swaps_push_providers_and_timers_in_place(tmp_path: Path) -> None:
+    daemon = Daemon(_in_process(tmp_path))
+    await daemon.start()
+    try:
+        assert (await _register_push(daemon)).status == 555  # no provider for fcm yet
+        old_dispatcher, listeners = daemon.dispatcher, list(daemon.listeners)
+        new = _in_process(
+            tmp_path,
+            push={"mock": {"enabled": True}},
+            routing={"call_timeout": 30},
+            sip={"domains": [REALM, "other.org"], "listen": ["udp:127.0.0.1:0"]},
+        )
+        await daemon.reload(new)
+        assert daemon.dispatcher is not old_dispatcher
+        assert daemon.proxy is not None and daemon.proxy.pushes is daemon.dispatcher
+        assert daemon.proxy.settings.call_timeout == 30
+        assert daemon.config.sip.domains == [REALM]  # listeners and domains need a restart
+        assert daemon.listeners == listeners
+        assert (await _register_push(daemon)).status == 200
+        assert daemon.admin is not None
+        host, port = daemon.admin.address
+        async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
+            body = {"provider": "fcm", "app": "my-project", "token": "cafe0123"}
+            answer = (await client.post("/push-test", json=body)).json()
+            assert answer["result"] == "delivered"
+            [binding] = (await client.get("/bindings/carol@example.org")).json()
+            assert binding["push"]["provider"] == "fcm"
+    finally:
+        await daemon.stop(0)
+
+
+@pytest.mark.asyncio
+async def test_reload_with_a_broken_users_file_changes_nothing(tmp_path: Path) -> None:
+    users = tmp_path / "users.yaml"
+    set_user(users, REALM, "alice", "alice-secret")
+    auth = {"enabled": True, "realm": REALM, "users_file": str(users)}
+    daemon = Daemon(_in_process(tmp_path, auth=auth))
+    await daemon.start()
+    try:
+        assert daemon.registrar is not None
+        gate, dispatcher = daemon.registrar.auth, daemon.dispatcher
+        users.write_text("users: [not, a, mapping\n")
+        with pytest.raises(ValueError, match="users"):
+            await daemon.reload(_in_process(tmp_path, auth=auth, logging={"level": "debug"}))
+        assert daemon.registrar.auth is gate
+        assert daemon.dispatcher is dispatcher
+        assert daemon.config.logging.level == "info"
+    finally:
+        await daemon.stop(0)
+
+
+@pytest.mark.asyncio
+async def test_reload_keeps_issued_nonces_valid(tmp_path: Path) -> None:
+    users = tmp_path / "users.yaml"
+    set_user(users, REALM, "alice", "alice-secret")
+    auth = {"enabled": True, "realm": REALM, "users_file": str(users)}
+    daemon = Daemon(_in_process(tmp_path, auth=auth))
+    await daemon.start()
+    try:
+        assert daemon.registrar is not None and daemon.registrar.auth is not None
+        authenticator = daemon.registrar.auth.authenticator
+        set_user(users, REALM, "bob", "bob-secret")
+        await daemon.reload(_in_process(tmp_path, auth=auth))
+        gate = daemon.registrar.auth
+        assert gate is not None and gate.authenticator is authenticator
+        assert set(gate.users) == {"alice", "bob"}
+        assert daemon.proxy is not None and daemon.proxy.auth is gate
+    finally:
+        await daemon.stop(0)

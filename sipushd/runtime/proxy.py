@@ -335,6 +335,14 @@ class ProxyCore:
             source=context.source,
             record_route=request.method in ("INVITE", "SUBSCRIBE", "REFER"),
         )
+        log.debug(
+            "forking",
+            call_id=request.call_id,
+            method=request.method,
+            to=binding.contact,
+            via=f"{target.destination.transport}:{target.destination.host}:"
+            f"{target.destination.port}/{target.destination.flow}",
+        )
         return context.fork(forwarded, target.destination, device_id(binding))
 
     def _to_upstream(self, request: Request, source: Endpoint, key: TransactionKey) -> None:
@@ -472,6 +480,9 @@ class ProxyCore:
             wakeup = call.wakeups.get(branch.label or "")
             if wakeup is not None and branch.done:
                 wakeup.answered = branch.status
+                if wakeup.waiting and branch.status not in (0, 408):
+                    # The device is awake and gave its answer: stop waiting for it.
+                    wakeup.state = "answered"
 
         return event
 

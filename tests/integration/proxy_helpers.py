@@ -23,7 +23,10 @@ VOIP_PARAMS = (
     "pn-prid=00aa11bb:voip%2622cc33dd:remote"
 )
 ALERT_PARAMS = "pn-provider=apns;pn-param=ABCD1234.org.example.app;pn-prid=44ee55ff"
-SDP = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+SDP = (
+    b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    b"m=audio 40000 RTP/AVP 0 8\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n"
+)
 
 
 class PushRecorder:

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-config": ("sipushd.config", "validate a config file and print a summary"),
     "passwd": ("sipushd.users", "add or change a user in the users file"),
     "push-test": ("sipushd.pushtest", "send one push with the configured credentials"),
+    "bindings": ("sipushd.bindings", "print the stored bindings (tokens redacted)"),
 }
 
 

@@ -173,7 +173,9 @@ class ForwardContext:
         if self.final is None:
             self.final = upstream
         if first:
-            self.cancel_all(CALL_COMPLETED_ELSEWHERE)
+            if self.cancel_reason is None:
+                self.cancel_reason = CALL_COMPLETED_ELSEWHERE
+            self.cancel_all(self.cancel_reason)
             self._finished()
 
     def branch_failed(self, branch: Branch, status: int) -> None:

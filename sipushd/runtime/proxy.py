@@ -220,7 +220,8 @@ class ProxyCore:
                 self._in_dialog(request, source, key, flows)
             elif self.is_local(request.uri) and not request.routes:
                 if self._authorised(request, source, key, local_target=True):
-                    self._spawn(self._to_local(request, source, key))
+                    # The context exists at once, so a CANCEL during the lookup finds it.
+                    self._spawn(self._to_local(self._context(request, source, key)))
             elif self._authorised(request, source, key, local_target=False):
                 self._to_upstream(request, source, key)
         except SipParseError as exc:
@@ -255,8 +256,8 @@ class ProxyCore:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _to_local(self, request: Request, source: Endpoint, key: TransactionKey) -> None:
-        context = self._context(request, source, key)
+    async def _to_local(self, context: ForwardContext) -> None:
+        request = context.request
         if request.uri.user is None:
             context.finish(context.reply(404))
             return
@@ -310,7 +311,13 @@ class ProxyCore:
     def _context_finished(self, context: ForwardContext) -> None:
         self._contexts.pop(context.key, None)
         call = self._calls.get(context.key)
-        if call is not None and not (call.cancelled and self._voip_waiting(call)):
+        if call is None:
+            return
+        ended_early = call.cancelled or context.answered
+        if ended_early:
+            # Devices still waking up: "missed call" / "accepted elsewhere" alerts.
+            self._missed_call_pushes(call, context.cancel_reason)
+        if not (ended_early and self._voip_waiting(call)):
             self._end_call(call)
 
     def fork_to_bindings(self, context: ForwardContext, bindings: Collection[Binding]) -> None:
@@ -457,7 +464,8 @@ class ProxyCore:
         if prior is not None and not (prior.done and prior.status in (0, 408)):
             return  # this device already has the INVITE
         late = context.finished
-        if late and not (call.cancelled and wakeup.push.service is PushService.VOIP):
+        ended_early = call.cancelled or context.answered
+        if late and not (ended_early and wakeup.push.service is PushService.VOIP):
             return
         branch = self.fork_to(context, binding)
         if branch is None:
@@ -557,12 +565,11 @@ class ProxyCore:
         call = self._calls.get(invite_key)
         if call is not None:
             call.cancelled = True
-            self._missed_call_pushes(call, reason)
         context.cancel_all(reason)
         context.finish(context.reply(487))
 
     def _missed_call_pushes(self, call: HeldCall, reason: str | None) -> None:
-        """Devices woken by an alert / data push get a missed-call push instead."""
+        """Devices woken by an alert / data push get a missed-call push (RFC 3326 reason)."""
         for wakeup in call.wakeups.values():
             if not wakeup.waiting or wakeup.push.service is PushService.VOIP:
                 continue

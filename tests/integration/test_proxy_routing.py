@@ -1,0 +1,152 @@
+"""The proxy on loopback: answered elsewhere, push.mode unreachable, upstream, stray 2xx."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import pytest
+
+from sipushd.core.payload import PushKind, PushService
+from sipushd.core.proxy import CALL_COMPLETED_ELSEWHERE
+from sipushd.sip import Headers, Response
+from sipushd.testing.ua import SipClient
+from tests.integration.proxy_helpers import (
+    ALERT_PARAMS,
+    VOIP_PARAMS,
+    address,
+    answer,
+    config,
+    invite,
+    no_request,
+    phone,
+    register,
+    running,
+)
+
+
+@pytest.mark.asyncio
+async def test_answered_elsewhere_alerts_the_alert_device_and_cancels_the_late_voip_device(
+    tmp_path: Path,
+) -> None:
+    async with running(config(tmp_path)) as (daemon, pushes):
+        desk = await phone(daemon)
+        assert (await register(desk, uuid=10)).status == 200
+        for params, uuid in ((ALERT_PARAMS, 11), (VOIP_PARAMS, 12)):
+            sleeper = await phone(daemon)
+            assert (await register(sleeper, params=params, uuid=uuid)).status == 200
+            await sleeper.close()
+        alice = await phone(daemon, "udp")
+        alice.send(invite(alice))
+        await pushes.wait_for(2)
+        at_desk = await desk.next_request("INVITE")
+        answer(desk, at_desk, 200, tag="desk")
+        assert (await alice.final_response()).status == 200
+        missed = (await pushes.wait_for(3))[2]
+        assert missed.kind is PushKind.MISSED_CALL and missed.service is PushService.REMOTE
+        assert missed.cancel_reason == CALL_COMPLETED_ELSEWHERE
+        woken = await phone(daemon)
+        assert (await register(woken, params=VOIP_PARAMS, uuid=12)).status == 200
+        late = await woken.next_request("INVITE")
+        answer(woken, late, 180)
+        cancel = await woken.next_request("CANCEL")
+        assert cancel.headers.get("Reason") == CALL_COMPLETED_ELSEWHERE
+        answer(woken, cancel, 200)
+        answer(woken, late, 487)
+        for ua in (desk, woken, alice):
+            await ua.close()
+
+
+@pytest.mark.asyncio
+async def test_push_mode_unreachable_pushes_only_a_silent_live_flow(tmp_path: Path) -> None:
+    cfg = config(tmp_path, push={"mode": "unreachable", "delay": 0.2})
+    async with running(cfg) as (daemon, pushes):
+        bob = await phone(daemon)
+        assert (await register(bob, params=VOIP_PARAMS, uuid=13)).status == 200
+        alice = await phone(daemon, "udp")
+        alice.send(invite(alice))
+        ringing = await bob.next_request("INVITE")
+        answer(bob, ringing, 180)
+        assert await no_request(bob, "INVITE", wait=0.5)
+        assert pushes.pushes == [], "a ringing phone needs no push"
+        answer(bob, ringing, 486)
+        assert (await alice.final_response()).status == 486
+        # Now the phone stays silent: after push.delay it is pushed.
+        second = invite(alice)
+        second = second.replace(headers=second.headers.set("Call-ID", secrets.token_hex(6)))
+        alice.send(second)
+        await bob.next_request("INVITE")
+        (push,) = await pushes.wait_for(1)
+        assert push.call_id == second.call_id and push.service is PushService.VOIP
+        await bob.close()
+        await alice.close()
+
+
+@pytest.mark.asyncio
+async def test_local_user_calls_outside_through_upstream(tmp_path: Path) -> None:
+    async with await SipClient.connect("udp", ("127.0.0.1", 9)) as pbx:
+        upstream = f"sip:{pbx.local[0]}:{pbx.local[1]}"
+        async with running(config(tmp_path, routing={"upstream": upstream})) as (daemon, _):
+            pbx.server = address(daemon, "udp")
+            alice = await phone(daemon, "udp")
+            call = alice.build(
+                "INVITE", "sip:carol@elsewhere.example", from_="sip:alice@example.org"
+            )
+            alice.send(call)
+            out = await pbx.next_request("INVITE")
+            assert str(out.uri) == "sip:carol@elsewhere.example"
+            assert str(out.routes[0].uri) == f"{upstream};lr"
+            answer(pbx, out, 486)
+            assert (await alice.final_response()).status == 486
+            # Someone else's user may not use us as a relay.
+            foreign = alice.build(
+                "INVITE", "sip:carol@elsewhere.example", from_="sip:x@evil.example"
+            )
+            alice.send(foreign)
+            assert (await alice.final_response()).status == 403
+            await alice.close()
+
+
+@pytest.mark.asyncio
+async def test_local_callers_are_challenged_with_407(tmp_path: Path) -> None:
+    from sipushd.users import set_user
+
+    users = tmp_path / "users.yaml"
+    set_user(users, "example.org", "alice", "secret-pass")
+    cfg = config(tmp_path, auth={"enabled": True, "realm": "example.org", "users_file": str(users)})
+    async with running(cfg) as (daemon, _):
+        alice = await phone(daemon, "udp")
+        alice.send(alice.build("INVITE", "sip:bob@example.org", from_="sip:alice@example.org"))
+        challenge = await alice.final_response()
+        assert challenge.status == 407 and challenge.proxy_authenticate
+        await alice.close()
+
+
+@pytest.mark.asyncio
+async def test_stray_2xx_retransmission_is_forwarded_statelessly(tmp_path: Path) -> None:
+    async with running(config(tmp_path)) as (daemon, _):
+        alice = await phone(daemon, "udp")
+        bob = await phone(daemon, "udp")
+        host, port = address(daemon, "udp")
+        ours = f"SIP/2.0/UDP {host}:{port};branch=z9hG4bKgone{secrets.token_hex(4)}"
+        theirs = f"SIP/2.0/UDP {alice.local[0]}:{alice.local[1]};branch=z9hG4bKa1"
+        ok = Response(
+            200,
+            "OK",
+            Headers(
+                [
+                    ("Via", ours),
+                    ("Via", theirs),
+                    ("From", "<sip:alice@example.net>;tag=a"),
+                    ("To", "<sip:bob@example.org>;tag=b"),
+                    ("Call-ID", "stray-1"),
+                    ("CSeq", "1 INVITE"),
+                ]
+            ),
+        )
+        bob.send(ok)
+        got = await alice.receive()
+        assert isinstance(got, Response) and got.status == 200
+        assert [v.branch for v in got.vias] == ["z9hG4bKa1"]
+        await alice.close()
+        await bob.close()

@@ -61,6 +61,7 @@ def config(tmp_path: Path, **overrides: Any) -> Config:
         "storage": {"sqlite": {"path": ":memory:"}},
         "push": {"mock": {"enabled": True}},
         "routing": {"call_timeout": 5},
+        "admin": {"listen": "127.0.0.1:0"},
     }
     for key, value in overrides.items():
         raw.setdefault(key, {}).update(value)

@@ -1,0 +1,422 @@
+"""MESSAGE store-and-forward through a real daemon on loopback (RFC 3428, RFC 8599 §5.6.2).
+
+The phone is a `SipClient` registered over TCP; "asleep" means its connection is gone.
+Pushes go through the in-process mock provider; a recorder in front of the dispatcher
+keeps what the MESSAGE service submitted, and can make every push fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sipushd import metrics
+from sipushd.app import Daemon
+from sipushd.config import Config
+from sipushd.core.payload import PushKind, PushRequest, PushService, build_apns
+from sipushd.push.base import PushOutcome, PushResult
+from sipushd.push.dispatcher import Dispatcher
+from sipushd.sip import Request
+from sipushd.testing.ua import SipClient
+
+AOR = "sip:bob@example.org"
+ALERT = "pn-provider=apns;pn-param=ABCD1234.org.example.app;pn-prid=44ee55ff"
+
+
+class Pushes:
+    """In front of the dispatcher: records each push, and can make them all fail."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+        self.sent: list[PushRequest] = []
+        self.fail = False
+        self.arrived = asyncio.Event()
+
+    def submit(self, request: PushRequest) -> asyncio.Future[PushResult]:
+        self.sent.append(request)
+        self.arrived.set()
+        if self.fail:
+            future: asyncio.Future[PushResult] = asyncio.get_running_loop().create_future()
+            future.set_result(PushResult(PushOutcome.FAILED, request.provider, 503, "down"))
+            return future
+        return self.dispatcher.submit(request)
+
+    async def wait_for(self, count: int, timeout: float = 5.0) -> list[PushRequest]:
+        async with asyncio.timeout(timeout):
+            while len(self.sent) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+        return self.sent
+
+
+def make_config(db: Path | str = ":memory:", **routing: Any) -> Config:
+    return Config.model_validate(
+        {
+            "sip": {"domains": ["example.org"], "listen": ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]},
+            "storage": {"sqlite": {"path": str(db)}},
+            "push": {"mock": {"enabled": True}},
+            "routing": {"message_accept_timeout": 0.3, **routing},
+            "admin": {"listen": "127.0.0.1:0"},
+        }
+    )
+
+
+@asynccontextmanager
+async def running(config: Config) -> AsyncIterator[tuple[Daemon, Pushes]]:
+    daemon = Daemon(config)
+    await daemon.start()
+    assert daemon.messages is not None and daemon.dispatcher is not None
+    pushes = Pushes(daemon.dispatcher)
+    daemon.messages.push = pushes.submit
+    try:
+        yield daemon, pushes
+    finally:
+        await daemon.stop(0)
+
+
+def address(daemon: Daemon, transport: str) -> tuple[str, int]:
+    endpoint = next(e for e in daemon.listeners if e.transport == transport)
+    return endpoint.host, endpoint.port
+
+
+async def connect(daemon: Daemon, transport: str = "tcp") -> SipClient:
+    return await SipClient.connect(transport, address(daemon, transport))
+
+
+async def register(phone: SipClient, *, uuid: int = 1, push: bool = True) -> None:
+    host, port = phone.local
+    params = f";{ALERT}" if push else ""
+    contact = (
+        f"<sip:bob@{host}:{port};transport={phone.transport_name}{params}>"
+        f';+sip.instance="<urn:uuid:00000000-0000-0000-0000-{uuid:012d}>"'
+    )
+    request = phone.build(
+        "REGISTER",
+        "sip:example.org",
+        [("Contact", contact), ("Expires", "600")],
+        to=AOR,
+        from_=AOR,
+    )
+    phone.send(request)
+    response = await phone.final_response()
+    assert response.status == 200, response
+
+
+def send_message(
+    sender: SipClient, body: bytes = b"hello", content_type: str = "text/plain"
+) -> Request:
+    request = sender.build(
+        "MESSAGE",
+        AOR,
+        [("Content-Type", content_type)],
+        body,
+        from_="sip:alice@example.net",
+        call_id=f"msg-{time.monotonic_ns()}",
+    )
+    sender.send(request)
+    return request
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not await check():  # noqa: ASYNC110 (polls the store; no event to wait on)
+            await asyncio.sleep(0.01)
+
+
+async def stored(daemon: Daemon) -> int:
+    assert daemon.message_store is not None
+    return await daemon.message_store.total(time.time())
+
+
+async def fall_asleep(daemon: Daemon, phone: SipClient) -> None:
+    """Close the phone's connection and wait until the daemon has seen it go."""
+    await phone.close()
+    assert daemon.store is not None and daemon.transport is not None
+    transport = daemon.transport
+
+    async def gone() -> bool:
+        assert daemon.store is not None
+        bindings = await daemon.store.get(AOR, time.time())
+        return not any(transport.flow_alive(b.flow) for b in bindings)
+
+    await until(gone)
+
+
+async def no_request(ua: SipClient, wait: float = 0.3) -> bool:
+    try:
+        await ua.next_request("MESSAGE", timeout=wait)
+    except TimeoutError:
+        return True
+    return False
+
+
+def deliveries(result: str) -> float:
+    value = metrics.REGISTRY.get_sample_value(
+        "sipushd_message_deliveries_total", {"result": result}
+    )
+    return value or 0.0
+
+
+@pytest.mark.asyncio
+async def test_an_online_phone_gets_the_message_and_its_200_reaches_the_sender() -> None:
+    async with running(make_config()) as (daemon, pushes):
+        phone = await connect(daemon)
+        await register(phone, push=False)
+        async with await connect(daemon, "udp") as sender:
+            sent = send_message(sender)
+            got = await phone.next_request("MESSAGE")
+            phone.answer(got, 200)
+            response = await sender.final_response()
+        await phone.close()
+        assert response.status == 200
+        assert got.body == b"hello" and got.call_id == sent.call_id
+        assert got.max_forwards == 69
+        assert len(got.vias) == 2, "our Via on top of the sender's (RFC 3261 §16.6)"
+        assert pushes.sent == []
+        await until(lambda: _equals(stored(daemon), 0))
+
+
+async def _equals(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected
+
+
+@pytest.mark.asyncio
+async def test_a_sleeping_phone_is_pushed_gets_202_then_the_message_once_it_registers() -> None:
+    async with running(make_config()) as (daemon, pushes):
+        phone = await connect(daemon)
+        await register(phone)
+        await fall_asleep(daemon, phone)
+        async with await connect(daemon, "udp") as sender:
+            sent = send_message(sender, b"are you there?")
+            (push,) = await pushes.wait_for(1)
+            response = await sender.final_response()
+        assert response.status == 202
+        assert (push.kind, push.service, push.token) == (
+            PushKind.MESSAGE,
+            PushService.REMOTE,
+            "44ee55ff",
+        )
+        assert push.call_id == sent.call_id
+        assert build_apns(push, time.time()).payload["call_id"] == sent.call_id
+        assert await stored(daemon) == 1
+
+        phone = await connect(daemon)
+        await register(phone)
+        got = await phone.next_request("MESSAGE")
+        assert (got.body, got.call_id, got.content_type) == (
+            b"are you there?",
+            sent.call_id,
+            "text/plain",
+        )
+        assert got.from_.uri == sent.from_.uri and got.to.uri == sent.to.uri
+        assert got.headers.get("Date"), "the arrival time is kept (RFC 3261 §20.17)"
+        assert got.max_forwards == 69 and len(got.vias) == 1, "a new request with our Via"
+        phone.answer(got, 200)
+        await until(lambda: _equals(stored(daemon), 0))
+
+        await register(phone)  # a refresh: nothing left to deliver
+        assert await no_request(phone)
+        await phone.close()
+
+
+@pytest.mark.asyncio
+async def test_a_phone_waking_within_the_accept_time_answers_the_sender_itself() -> None:
+    async with running(make_config(message_accept_timeout=5)) as (daemon, pushes):
+        phone = await connect(daemon)
+        await register(phone)
+        await fall_asleep(daemon, phone)
+        async with await connect(daemon, "udp") as sender:
+            send_message(sender)
+            await pushes.wait_for(1)
+            phone = await connect(daemon)
+            await register(phone)
+            phone.answer(await phone.next_request("MESSAGE"), 200)
+            response = await sender.final_response()
+        await phone.close()
+        assert response.status == 200, "the woken phone's 200, not a 202"
+        await until(lambda: _equals(stored(daemon), 0))
+
+
+@pytest.mark.asyncio
+async def test_stored_messages_arrive_in_order_one_at_a_time() -> None:
+    async with running(make_config()) as (daemon, _pushes):
+        phone = await connect(daemon)
+        await register(phone)
+        await fall_asleep(daemon, phone)
+        async with await connect(daemon, "udp") as sender:
+            for text in (b"one", b"two", b"three"):
+                send_message(sender, text)
+                assert (await sender.final_response()).status == 202
+        phone = await connect(daemon)
+        await register(phone)
+        bodies = []
+        for _ in range(3):
+            got = await phone.next_request("MESSAGE")
+            assert await no_request(phone, 0.1), "the next one waits for this answer"
+            bodies.append(got.body)
+            phone.answer(got, 200)
+        await phone.close()
+        assert bodies == [b"one", b"two", b"three"]
+
+
+@pytest.mark.asyncio
+async def test_every_device_gets_it_even_after_another_one_answered() -> None:
+    async with running(make_config()) as (daemon, pushes):
+        desk = await connect(daemon)
+        await register(desk, uuid=1, push=False)
+        phone = await connect(daemon)
+        await register(phone, uuid=2)
+        await fall_asleep_one(daemon, phone)
+        async with await connect(daemon, "udp") as sender:
+            send_message(sender)
+            desk.answer(await desk.next_request("MESSAGE"), 200)
+            assert (await sender.final_response()).status == 200
+        assert len(await pushes.wait_for(1)) == 1
+        assert await stored(daemon) == 1, "kept for the phone"
+        phone = await connect(daemon)
+        await register(phone, uuid=2)
+        phone.answer(await phone.next_request("MESSAGE"), 200)
+        await until(lambda: _equals(stored(daemon), 0))
+        await register(desk, uuid=1, push=False)
+        assert await no_request(desk)
+        await desk.close()
+        await phone.close()
+
+
+async def fall_asleep_one(daemon: Daemon, phone: SipClient) -> None:
+    """Close one phone's connection (others stay) and wait until its flow is gone."""
+    port = phone.local[1]
+    await phone.close()
+    assert daemon.store is not None and daemon.transport is not None
+    transport = daemon.transport
+
+    async def gone() -> bool:
+        assert daemon.store is not None
+        bindings = await daemon.store.get(AOR, time.time())
+        mine = [b for b in bindings if f":{port};" in b.contact]
+        return bool(mine) and not transport.flow_alive(mine[0].flow)
+
+    await until(gone)
+
+
+@pytest.mark.asyncio
+async def test_a_retry_answer_keeps_it_and_a_refusal_ends_it() -> None:
+    async with running(make_config()) as (daemon, _pushes):
+        phone = await connect(daemon)
+        await register(phone)
+        await fall_asleep(daemon, phone)
+        async with await connect(daemon, "udp") as sender:
+            send_message(sender)
+            assert (await sender.final_response()).status == 202
+        phone = await connect(daemon)
+        await register(phone)
+        phone.answer(await phone.next_request("MESSAGE"), 480)
+        await register(phone)
+        phone.answer(await phone.next_request("MESSAGE"), 415)  # sent again after 480
+        await until(lambda: _equals(stored(daemon), 0))
+        await register(phone)
+        assert await no_request(phone)
+        await phone.close()
+
+
+@pytest.mark.asyncio
+async def test_is_composing_to_a_sleeping_phone_gets_480_and_is_neither_stored_nor_pushed() -> None:
+    async with running(make_config()) as (daemon, pushes):
+        phone = await connect(daemon)
+        await register(phone)
+        await fall_asleep(daemon, phone)
+        async with await connect(daemon, "udp") as sender:
+            send_message(sender, b"<isComposing/>", "application/im-iscomposing+xml")
+            response = await sender.final_response()
+        assert response.status == 480
+        assert pushes.sent == []
+        assert await stored(daemon) == 0
+
+
+@pytest.mark.asyncio
+async def test_is_composing_reaches_an_online_phone() -> None:
+    async with running(make_config()) as (daemon, pushes):
+        phone = await connect(daemon)
+        await register(phone)
+        async with await connect(daemon, "udp") as sender:
+            send_message(sender, b"<imdn/>", "message/imdn+xml")
+            phone.answer(await phone.next_request("MESSAGE"), 200)
+            assert (await sender.final_response()).status == 200
+        await phone.close()
+        assert await stored(daemon) == 0 and pushes.sent == []
+
+
+@pytest.mark.asyncio
+async def test_an_aor_without_bindings_gets_480_at_once() -> None:
+    async with running(make_config()) as (daemon, _pushes):
+        async with await connect(daemon, "udp") as sender:
+            send_message(sender)
+            response = await sender.final_response()
+        assert response.status == 480
+        assert await stored(daemon) == 0
+
+
+@pytest.mark.asyncio
+async def test_past_the_per_aor_limit_the_sender_gets_486() -> None:
+    async with running(make_config(max_stored_messages_per_aor=1)) as (daemon, _pushes):
+        phone = await connect(daemon)
+        await register(phone)
+        await fall_asleep(daemon, phone)
+        before = deliveries("rejected")
+        async with await connect(daemon, "udp") as sender:
+            send_message(sender, b"first")
+            assert (await sender.final_response()).status == 202
+            send_message(sender, b"second")
+            refused = await sender.final_response()
+        assert (refused.status, refused.reason) == (486, "Message Store Full")
+        assert deliveries("rejected") == before + 1
+        assert await stored(daemon) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_failing_push_provider_loses_nothing() -> None:
+    async with running(make_config()) as (daemon, pushes):
+        pushes.fail = True
+        phone = await connect(daemon)
+        await register(phone)
+        await fall_asleep(daemon, phone)
+        async with await connect(daemon, "udp") as sender:
+            send_message(sender, b"still here")
+            assert (await sender.final_response()).status == 202
+        assert len(pushes.sent) == 1
+        phone = await connect(daemon)
+        await register(phone)
+        got = await phone.next_request("MESSAGE")
+        phone.answer(got, 200)
+        await phone.close()
+        assert got.body == b"still here"
+
+
+@pytest.mark.asyncio
+async def test_a_restart_loses_nothing(tmp_path: Path) -> None:
+    config = make_config(tmp_path / "sipushd.db")
+    async with running(config) as (daemon, pushes):
+        phone = await connect(daemon)
+        await register(phone)
+        await fall_asleep(daemon, phone)
+        async with await connect(daemon, "udp") as sender:
+            sent = send_message(sender, b"before the restart")
+            assert (await sender.final_response()).status == 202
+        assert [p.call_id for p in pushes.sent] == [sent.call_id]
+    async with running(config) as (daemon, _pushes):
+        assert await stored(daemon) == 1
+        phone = await connect(daemon)
+        await register(phone)
+        got = await phone.next_request("MESSAGE")
+        assert (got.body, got.call_id) == (b"before the restart", sent.call_id)
+        phone.answer(got, 200)
+        await until(lambda: _equals(stored(daemon), 0))
+        await register(phone)
+        assert await no_request(phone)
+        await phone.close()

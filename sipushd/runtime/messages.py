@@ -223,6 +223,9 @@ class MessageService:
 
     async def _receive(self, request: Request, source: Endpoint, key: TransactionKey) -> None:
         now = self.clock()
+        if request.uri.user is None:
+            self.server.reply(key, request, 404)  # the domain itself has no bindings
+            return
         try:
             aor = request.uri.aor
             if self.identity is not None:
@@ -233,10 +236,9 @@ class MessageService:
             self.server.reply(key, request, 400, str(exc)[:80] or None)
             return
         except StoreError as exc:
-            log.error("binding store failed", aor=aor, error=str(exc))
+            log.error("binding store failed", aor=request.uri.aor, error=str(exc))
             self.server.reply(key, request, 500, "Binding Store Unavailable")
             return
-        bindings = {b.key: b for b in found}
         devices = [self._device(b) for b in found]
         plan = plan_message(kind, devices, store_full=False)
         stored: StoredMessage | None = None
@@ -245,22 +247,23 @@ class MessageService:
                 message_id(aor, request), aor, request, now, self.settings.delivery_timeout
             )
             plan, stored = await self._store(stored, plan, devices)
-            if stored is None and plan.reject is None and not plan.forward:
-                self.server.reply(key, request, 202)  # a resent MESSAGE, already stored
-                return
         if plan.reject is not None:
             status, reason = plan.reject
             self.server.reply(key, request, status, reason)
             return
-        inbound = _Inbound(request, key, stored, bindings, set(plan.recipients))
-        if stored is not None:
-            self._inbound[stored.id] = inbound
+        self._route(_Inbound(request, key, stored, {b.key: b for b in found}), plan)
+
+    def _route(self, inbound: _Inbound, plan: MessagePlan) -> None:
+        """Forward, push, and start the accept timer (RFC 3428 §7: 202 when it fires)."""
+        inbound.open_devices = set(plan.recipients)
+        if inbound.stored is not None:
+            self._inbound[inbound.stored.id] = inbound
         log.info(
             "message",
-            call_id=request.call_id,
-            aor=aor,
-            kind=kind.value,
-            stored=stored is not None,
+            call_id=inbound.request.call_id,
+            aor=inbound.request.uri.aor,
+            kind=plan.kind.value,
+            stored=inbound.stored is not None,
             forward=len(plan.forward),
             push=len(plan.push),
         )
@@ -281,8 +284,9 @@ class MessageService:
                 stored, plan.recipients, limit=self.settings.max_per_aor, now=stored.arrived_at
             )
         except DuplicateMessageError:
+            # The sender resent it in a new transaction: it is already accepted.
             log.info("message already stored", call_id=stored.call_id, aor=stored.aor)
-            return MessagePlan(plan.kind), None
+            return MessagePlan(plan.kind, reject=(202, "Accepted")), None
         except MessageLimitError:
             metrics.MESSAGE_DELIVERIES.labels(result="rejected").inc()
             log.warning("message store full", aor=stored.aor, limit=self.settings.max_per_aor)

@@ -420,3 +420,47 @@ async def test_a_restart_loses_nothing(tmp_path: Path) -> None:
         await register(phone)
         assert await no_request(phone)
         await phone.close()
+
+
+@pytest.mark.asyncio
+async def test_a_device_registering_for_the_first_time_gets_a_message_still_stored() -> None:
+    async with running(make_config()) as (daemon, _pushes):
+        phone = await connect(daemon)
+        await register(phone, uuid=1)
+        await fall_asleep(daemon, phone)
+        async with await connect(daemon, "udp") as sender:
+            send_message(sender, b"for every device")
+            assert (await sender.final_response()).status == 202
+        tablet = await connect(daemon)
+        await register(tablet, uuid=3)
+        got = await tablet.next_request("MESSAGE")
+        tablet.answer(got, 200)
+        assert got.body == b"for every device"
+        await register(tablet, uuid=3)
+        assert await no_request(tablet)
+        assert await stored(daemon) == 1, "still kept for the phone it was sent to"
+        await tablet.close()
+
+
+@pytest.mark.asyncio
+async def test_a_message_resent_in_a_new_transaction_is_stored_once() -> None:
+    async with running(make_config()) as (daemon, _pushes):
+        phone = await connect(daemon)
+        await register(phone)
+        await fall_asleep(daemon, phone)
+        async with await connect(daemon, "udp") as sender:
+            first = send_message(sender)
+            assert (await sender.final_response()).status == 202
+            # Same Call-ID, CSeq and From tag, new branch: the same MESSAGE again.
+            again = sender.build(
+                "MESSAGE",
+                AOR,
+                [("Content-Type", "text/plain")],
+                first.body,
+                from_="sip:alice@example.net",
+                call_id=first.call_id,
+                cseq=first.cseq.seq,
+            )
+            sender.send(again)
+            assert (await sender.final_response()).status == 202
+        assert await stored(daemon) == 1

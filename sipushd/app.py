@@ -28,7 +28,7 @@ from sipushd.config import Config, ConfigError, load_config
 from sipushd.core.auth import Authenticator, FailureThrottle
 from sipushd.core.messages import MessageSettings
 from sipushd.core.payload import PayloadError, PushRequest, apns_push_type
-from sipushd.core.proxy import LocalAddress, ProxyIdentity
+from sipushd.core.proxy import LocalAddress, ProxyIdentity, is_in_dialog
 from sipushd.core.registrar import Registrar, RegistrarSettings
 from sipushd.logs import configure_logging, set_level
 from sipushd.push.base import PushResult
@@ -39,9 +39,9 @@ from sipushd.runtime.engine import Engine
 from sipushd.runtime.messages import MessageService
 from sipushd.runtime.proxy import ProxyCore, ProxySettings
 from sipushd.runtime.registrar import RegistrarService
-from sipushd.runtime.server import ServerCore
-from sipushd.sip import Endpoint, SipUri, parse_uri
-from sipushd.sip.transaction import TimerConfig, TransactionLayer
+from sipushd.runtime.server import RequestHandler, ServerCore
+from sipushd.sip import Endpoint, Request, SipParseError, SipUri, parse_uri
+from sipushd.sip.transaction import TimerConfig, TransactionKey, TransactionLayer
 from sipushd.store.base import BindingStore
 from sipushd.store.memory import MemoryBindingStore
 from sipushd.store.messages import MemoryMessageStore, MessageStore
@@ -255,9 +255,10 @@ class Daemon:
         """Stop taking new transactions, let held ones finish for `grace`, then close all."""
         self.stopping = True
         if self.engine is not None:
-            self.engine.closed = True  # new requests are dropped; running ones go on
+            if self.server is not None:
+                _refuse_new_work(self.server)
             await self._drain(self.config.shutdown_grace if grace is None else grace)
-            self.engine.close()
+            self.engine.close()  # from here on every new request is dropped
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -282,13 +283,46 @@ class Daemon:
             await self.message_store.close()
 
     async def _drain(self, grace: float) -> None:
-        """Let held requests finish; after `grace` the proxy answers the rest 503."""
+        """Let held calls finish for at most `grace` seconds (through the proxy's drain())."""
         drain = getattr(self.proxy, "drain", None)
         if callable(drain):
             await drain(grace)
             return
-        if self.proxy is not None and self.proxy.held_calls:
-            log.warning("held calls dropped: the proxy cannot drain", count=self.proxy.held_calls)
+        proxy = self.proxy
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                while proxy is not None and proxy.held_calls:  # noqa: ASYNC110 (no event to wait on)
+                    await asyncio.sleep(0.05)
+        if proxy is not None and proxy.held_calls:
+            log.warning("held calls dropped at shutdown", count=proxy.held_calls)
+
+
+def _in_dialog(request: Request) -> bool:
+    try:
+        return is_in_dialog(request)
+    except SipParseError:
+        return False
+
+
+def _refuse_new_work(server: ServerCore) -> None:
+    """Draining: new calls and messages get 503 with Retry-After (RFC 3261 §21.5.4).
+
+    REGISTER (a woken phone), CANCEL, ACK and in-dialog requests still go through, so
+    held calls can end.
+    """
+
+    def refusing(handler: RequestHandler) -> RequestHandler:
+        def handle(request: Request, source: Endpoint, key: TransactionKey) -> None:
+            if request.method == "REGISTER" or _in_dialog(request):
+                handler(request, source, key)
+            else:
+                server.reply(key, request, 503, "Shutting Down", [("Retry-After", "5")])
+
+        return handle
+
+    server.handlers = {method: refusing(h) for method, h in server.handlers.items()}
+    if server.forward_handler is not None:
+        server.forward_handler = refusing(server.forward_handler)
 
 
 def _keep_restart_only(current: Config, new: Config) -> Config:

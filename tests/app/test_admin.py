@@ -275,6 +275,36 @@ async def test_held_and_messages_answer_lists(api: tuple[Daemon, httpx.AsyncClie
     assert messages.json()["messages"] == []
 
 
+@pytest.mark.asyncio
+async def test_held_lists_an_invite_waiting_for_a_pushed_phone(
+    api: tuple[Daemon, httpx.AsyncClient],
+) -> None:
+    daemon, client = api
+    assert (await _register(daemon, "bob", PUSH_PARAMS, INSTANCE)).status == 200
+    udp = next(e for e in daemon.listeners if e.transport == "udp")
+    async with await SipClient.connect("udp", (udp.host, udp.port)) as caller:
+        contact = f"<sip:alice@{caller.local[0]}:{caller.local[1]}>"
+        invite = caller.build(
+            "INVITE",
+            "sip:bob@example.org",
+            [("Contact", contact), ("Content-Type", "application/sdp")],
+            b"v=0\r\n",
+        )
+        caller.send(invite)
+        async with asyncio.timeout(5):
+            while True:
+                message = await caller.receive()
+                if isinstance(message, Response) and message.status == 110:
+                    break  # RFC 8599 §5.6.2: the push went out, the INVITE is held
+        response = await client.get("/held")
+    assert response.status_code == 200
+    [held] = response.json()["held"]
+    assert held["call_id"] == invite.call_id
+    assert held["aor"] == "sip:bob@example.org"
+    assert [d["instance"] for d in held["devices"]] == [INSTANCE]
+    assert PUSH_TOKEN not in response.text
+
+
 # --- push-test ----------------------------------------------------------------------------
 
 

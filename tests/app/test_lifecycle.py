@@ -26,7 +26,7 @@ import yaml
 
 from sipushd.app import Daemon
 from sipushd.config import Config
-from sipushd.sip import Response
+from sipushd.sip import Request, Response
 from sipushd.sip.digest import digest_response, ha1
 from sipushd.testing.ua import SipClient
 from sipushd.users import set_user
@@ -386,3 +386,70 @@ async def test_reload_keeps_issued_nonces_valid(tmp_path: Path) -> None:
         assert daemon.proxy is not None and daemon.proxy.auth is gate
     finally:
         await daemon.stop(0)
+
+
+VOIP_CONTACT = "pn-provider=apns;pn-param=ABCD1234.org.example.app.voip;pn-prid=00aa11bb"
+PHONE = '"<urn:uuid:00000000-0000-0000-0000-000000000007>"'
+
+
+async def _phone_register(ua: SipClient) -> Response:
+    contact = f"<sip:bob@{ua.local[0]}:{ua.local[1]};transport=tcp;{VOIP_CONTACT}>"
+    aor = f"sip:bob@{REALM}"
+    headers = [("Contact", f"{contact};+sip.instance={PHONE}"), ("Expires", "600")]
+    ua.send(ua.build("REGISTER", f"sip:{REALM}", headers, to=aor, from_=aor))
+    return await ua.final_response()
+
+
+def _invite(ua: SipClient) -> Request:
+    contact = f"<sip:alice@{ua.local[0]}:{ua.local[1]}>"
+    return ua.build(
+        "INVITE",
+        f"sip:bob@{REALM}",
+        [("Contact", contact), ("Content-Type", "application/sdp")],
+        b"v=0\r\n",
+        from_="sip:alice@example.net",
+        call_id=secrets.token_hex(8),
+    )
+
+
+@pytest.mark.asyncio
+async def test_stop_lets_a_held_call_finish_and_refuses_new_calls(tmp_path: Path) -> None:
+    config = _in_process(
+        tmp_path,
+        sip={"domains": [REALM], "listen": ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]},
+        push={"mock": {"enabled": True}},
+    )
+    daemon = Daemon(config)
+    await daemon.start()
+    stopping: asyncio.Task[None] | None = None
+    udp, tcp = (next(e for e in daemon.listeners if e.transport == t) for t in ("udp", "tcp"))
+    try:
+        asleep = await SipClient.connect("tcp", (tcp.host, tcp.port))
+        assert (await _phone_register(asleep)).status == 200
+        await asleep.close()  # the phone sleeps: its connection is gone
+        async with await SipClient.connect("udp", (udp.host, udp.port)) as alice:
+            call = _invite(alice)
+            alice.send(call)
+            while (await alice.receive()).status != 110:  # type: ignore[union-attr]
+                pass
+            assert daemon.proxy is not None and daemon.proxy.held_calls == 1
+
+            stopping = asyncio.create_task(daemon.stop(60))
+            await asyncio.sleep(0)  # stop() begins: new calls are refused from now on
+            alice.send(_invite(alice))
+            refused = await alice.final_response()
+            assert refused.status == 503 and refused.headers.get("Retry-After")
+
+            async with await SipClient.connect("tcp", (tcp.host, tcp.port)) as awake:
+                assert (await _phone_register(awake)).status == 200  # the push woke it
+                forwarded = await awake.next_request("INVITE")
+                assert forwarded.call_id == call.call_id
+                awake.answer(forwarded, 200)
+                answered = await alice.final_response()
+                assert answered.status == 200 and answered.call_id == call.call_id
+            await asyncio.wait_for(stopping, 10)  # the held call ended: no need for the grace
+    finally:
+        if stopping is None:
+            await daemon.stop(0)
+        elif not stopping.done():
+            await stopping

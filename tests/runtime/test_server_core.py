@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import pytest_asyncio
 
 from sipushd.app import Daemon
 from sipushd.config import Config
-from sipushd.sip import Response
+from sipushd.sip import Response, StreamParser
+from sipushd.testing.pki import ensure_server_credentials
 from sipushd.testing.ua import SipClient
 
 
@@ -112,3 +114,44 @@ async def test_stream_parse_error_gets_400_then_the_connection_closes(daemon: Da
         response = await ua.final_response()
         await asyncio.wait_for(ua.closed.wait(), 5)
     assert response.status == 505
+
+
+@pytest.mark.asyncio
+async def test_options_over_tls_listener(tmp_path: Path) -> None:
+    creds = ensure_server_credentials(tmp_path / "pki")
+    config = Config.model_validate(
+        {
+            "sip": {
+                "domains": ["example.org"],
+                "listen": ["tls:127.0.0.1:0"],
+                "tls": {"cert_file": str(creds.cert_file), "key_file": str(creds.key_file)},
+            },
+            "storage": {"sqlite": {"path": ":memory:"}},
+        }
+    )
+    running = Daemon(config)
+    await running.start()
+    try:
+        host, port = _address(running, "tls")
+        context = ssl.create_default_context(cafile=str(creds.ca_file))
+        reader, writer = await asyncio.open_connection(host, port, ssl=context)
+        local_host, local_port = writer.get_extra_info("sockname")[:2]
+        request = (
+            f"OPTIONS sip:{host}:{port};transport=tls SIP/2.0\r\n"
+            f"Via: SIP/2.0/TLS {local_host}:{local_port};branch=z9hG4bKtls1;rport\r\n"
+            "Max-Forwards: 70\r\nFrom: <sip:ua@example.org>;tag=t1\r\n"
+            f"To: <sip:{host}>\r\nCall-ID: tls-options\r\nCSeq: 1 OPTIONS\r\n"
+            "Content-Length: 0\r\n\r\n"
+        )
+        writer.write(request.encode())
+        parser = StreamParser()
+        messages: list[object] = []
+        while not messages:
+            messages = list(parser.feed(await asyncio.wait_for(reader.read(65536), 5)))
+        writer.close()
+    finally:
+        await running.stop(0)
+    response = messages[0]
+    assert isinstance(response, Response)
+    assert response.status == 200
+    assert response.call_id == "tls-options"

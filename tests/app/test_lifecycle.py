@@ -453,3 +453,22 @@ async def test_stop_lets_a_held_call_finish_and_refuses_new_calls(tmp_path: Path
             await daemon.stop(0)
         elif not stopping.done():
             await stopping
+
+
+@pytest.mark.asyncio
+async def test_admin_port_in_use_is_a_start_failure(tmp_path: Path, systemd: Systemd) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        config = _config(tmp_path, free_port(), busy.getsockname()[1])
+        config_path = tmp_path / "sipushd.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        log_path = tmp_path / "sipushd.log"
+        env = {**os.environ, "NOTIFY_SOCKET": systemd.path}
+        process = _spawn(config_path, log_path, env)
+        status = await asyncio.to_thread(process.wait, 20)
+    log = log_path.read_text()
+    assert status == 1, log
+    assert "cannot start" in log
+    with pytest.raises(TimeoutError):
+        await systemd.next(timeout=0.1)  # never READY=1

@@ -158,7 +158,8 @@ class MessageService:
         self.flow_alive = flow_alive
         self.push = push
         self.clock = clock
-        self._inbound: dict[str, _Inbound] = {}
+        self._inbound: dict[str, _Inbound] = {}  # stored ones, by message id
+        self._unanswered: set[_Inbound] = set()
         self._sending: set[tuple[str, str]] = set()  # (message id, device) in flight
         self._runs: set[tuple[str, str]] = set()  # (aor, device) delivery runs
         self._rerun: set[tuple[str, str]] = set()
@@ -174,15 +175,18 @@ class MessageService:
         self._housekeeping = asyncio.create_task(self._purge_loop(purge_interval))
 
     async def close(self) -> None:
-        """Stop delivering; store updates in progress finish first."""
+        """Answer 202 for stored MESSAGEs still waiting, stop delivering, finish store updates."""
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping
-        for inbound in self._inbound.values():
-            if inbound.timer is not None:
+        for inbound in list(self._unanswered):
+            if inbound.stored is not None:
+                # Safe on disk: keep the accept timer's promise now.
+                self._answer(inbound, self._reply(inbound, 202))
+            elif inbound.timer is not None:
                 inbound.timer.cancel()
-        self._inbound.clear()
+        self._unanswered.clear()
         for task in self._run_tasks:
             task.cancel()  # waiting for answers that can no longer come
         if self._tasks:
@@ -256,6 +260,7 @@ class MessageService:
     def _route(self, inbound: _Inbound, plan: MessagePlan) -> None:
         """Forward, push, and start the accept timer (RFC 3428 §7: 202 when it fires)."""
         inbound.open_devices = set(plan.recipients)
+        self._unanswered.add(inbound)
         if inbound.stored is not None:
             self._inbound[inbound.stored.id] = inbound
         log.info(
@@ -405,6 +410,7 @@ class MessageService:
         if inbound.timer is not None:
             inbound.timer.cancel()
             inbound.timer = None
+        self._unanswered.discard(inbound)
         if inbound.stored is not None:
             self._inbound.pop(inbound.stored.id, None)
         self.server.engine.respond(inbound.key, response)

@@ -464,3 +464,43 @@ async def test_a_message_resent_in_a_new_transaction_is_stored_once() -> None:
             sender.send(again)
             assert (await sender.final_response()).status == 202
         assert await stored(daemon) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_stopping_daemon_answers_202_for_a_stored_message_still_waiting() -> None:
+    daemon = Daemon(make_config(message_accept_timeout=20))
+    await daemon.start()
+    try:
+        phone = await connect(daemon)
+        await register(phone)
+        await fall_asleep(daemon, phone)
+        async with await connect(daemon, "udp") as sender:
+            send_message(sender)
+            await until(lambda: _equals(stored(daemon), 1))
+            stopping = asyncio.create_task(daemon.stop(0))
+            response = await sender.final_response()
+            await stopping
+    finally:
+        await daemon.stop(0)
+    assert response.status == 202
+
+
+@pytest.mark.asyncio
+async def test_expired_messages_are_purged_and_never_delivered() -> None:
+    async with running(make_config(message_delivery_timeout=60)) as (daemon, _pushes):
+        assert daemon.messages is not None
+        phone = await connect(daemon)
+        await register(phone)
+        await fall_asleep(daemon, phone)
+        async with await connect(daemon, "udp") as sender:
+            send_message(sender)
+            assert (await sender.final_response()).status == 202
+        before = deliveries("expired")
+        daemon.messages.clock = lambda: time.time() + 61
+        assert await daemon.messages.purge() == 1
+        assert deliveries("expired") == before + 1
+        assert metrics.REGISTRY.get_sample_value("sipushd_stored_messages") == 0
+        phone = await connect(daemon)
+        await register(phone)
+        assert await no_request(phone)
+        await phone.close()

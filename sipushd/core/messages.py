@@ -148,8 +148,8 @@ class MessagePlan:
 
 def message_id(aor: str, request: Request) -> str:
     """A stable id for one MESSAGE to `aor`, from its Call-ID, CSeq and From tag."""
-    # A sender that resends the MESSAGE in a new transaction keeps all three (the
-    # request is the same one, RFC 3261 §8.1.3.1), so the copy is stored once.
+    # A sender that resends the same MESSAGE in a new transaction keeps all three,
+    # so the copy is recognised and stored once.
     parts = (aor, request.call_id, str(request.cseq.seq), request.from_.tag or "")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
@@ -194,7 +194,7 @@ def chat_room_address(request: Request) -> str | None:
 
 
 def plan_message(kind: MessageKind, devices: Sequence[Device], *, store_full: bool) -> MessagePlan:
-    """Route one MESSAGE to the AOR's `devices` (RFC 3428 §7, RFC 8599 §5.6.2)."""
+    """Route one MESSAGE to the AOR's `devices` (RFC 3428, RFC 8599 §5.6.2)."""
     online = tuple(d.key for d in devices if d.online)
     if not devices:
         return MessagePlan(kind, reject=(480, "Temporarily Unavailable"))

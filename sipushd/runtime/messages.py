@@ -98,7 +98,7 @@ class _Branch:
     done: bool = False
 
     def on_response(self, key: TransactionKey, response: Response) -> None:
-        """ClientListener: provisional answers are ignored (RFC 3428 §7)."""
+        """ClientListener: provisional answers are not relayed (RFC 4320: 100 at most)."""
         if response.status >= 200:
             self.service._branch_done(self, response)
 
@@ -258,7 +258,7 @@ class MessageService:
         self._route(_Inbound(request, key, stored, {b.key: b for b in found}), plan)
 
     def _route(self, inbound: _Inbound, plan: MessagePlan) -> None:
-        """Forward, push, and start the accept timer (RFC 3428 §7: 202 when it fires)."""
+        """Forward, push, and start the accept timer (202 when it fires, RFC 3428)."""
         inbound.open_devices = set(plan.recipients)
         self._unanswered.add(inbound)
         if inbound.stored is not None:
@@ -385,7 +385,7 @@ class MessageService:
         if inbound.answered:
             return
         if inbound.stored is not None and inbound.open_devices:
-            # RFC 3428 §7: accepted for later delivery.
+            # RFC 3428: 202, accepted for later delivery (store-and-forward).
             self._answer(inbound, self._reply(inbound, 202))
         else:
             self._answer(inbound, self._best(inbound))

@@ -331,6 +331,7 @@ class AdminApi:
         messages = []
         for message in sorted(found.values(), key=lambda m: m.arrived_at):
             view = jsonable(message)
+            view["size"] = view.pop("data")  # the body stays private
             view["waiting"] = jsonable(await store.waiting(message.id))
             messages.append(view)
         count = await store.count(aor, now)

@@ -26,18 +26,17 @@ PUSH_PARAMS = f"pn-provider=apns;pn-param=ABCD1234.org.example.app.voip;pn-prid=
 INSTANCE = "<urn:uuid:00000000-0000-0000-0000-000000000001>"
 
 
-def _config(tmp_path: Path, token: str | None) -> Config:
+def _config(tmp_path: Path, token: str | None, **sections: Any) -> Config:
     admin: dict[str, Any] = {"listen": "127.0.0.1:0"}
     if token is not None:
         admin["token"] = token
-    return Config.model_validate(
-        {
-            "sip": {"domains": ["example.org"], "listen": ["udp:127.0.0.1:0"]},
-            "storage": {"sqlite": {"path": str(tmp_path / "db.sqlite")}},
-            "push": {"mock": {"enabled": True}},
-            "admin": admin,
-        }
-    )
+    raw = {
+        "sip": {"domains": ["example.org"], "listen": ["udp:127.0.0.1:0"]},
+        "storage": {"sqlite": {"path": str(tmp_path / "db.sqlite")}},
+        "push": {"mock": {"enabled": True}},
+        "admin": admin,
+    }
+    return Config.model_validate(raw | sections)
 
 
 async def _running(config: Config) -> AsyncIterator[tuple[Daemon, httpx.AsyncClient]]:
@@ -303,6 +302,34 @@ async def test_held_lists_an_invite_waiting_for_a_pushed_phone(
     assert held["aor"] == "sip:bob@example.org"
     assert [d["instance"] for d in held["devices"]] == [INSTANCE]
     assert PUSH_TOKEN not in response.text
+
+
+@pytest.mark.asyncio
+async def test_messages_lists_what_is_stored_for_a_sleeping_phone(tmp_path: Path) -> None:
+    config = _config(tmp_path, None, routing={"message_accept_timeout": 0.2})
+    async for daemon, client in _running(config):
+        assert (await _register(daemon, "bob", PUSH_PARAMS, INSTANCE)).status == 200
+        udp = next(e for e in daemon.listeners if e.transport == "udp")
+        async with await SipClient.connect("udp", (udp.host, udp.port)) as alice:
+            message = alice.build(
+                "MESSAGE",
+                "sip:bob@example.org",
+                [("Content-Type", "text/plain")],
+                b"hello",
+                from_="sip:alice@example.net",
+            )
+            alice.send(message)
+            assert (await alice.final_response()).status == 202
+        response = await client.get("/messages/sip:bob@example.org")
+        assert response.status_code == 200
+        body = response.json()
+        assert body["count"] == 1
+        [stored] = body["messages"]
+        assert stored["call_id"] == message.call_id
+        assert stored["sender"] == "sip:alice@example.net"
+        assert stored["waiting"] == [INSTANCE]
+        assert stored["size"] > len(b"hello")
+        assert "hello" not in response.text
 
 
 # --- push-test ----------------------------------------------------------------------------

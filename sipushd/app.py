@@ -74,6 +74,7 @@ class Daemon:
         self.stopping = False
         self._housekeeping: asyncio.Task[None] | None = None
         self._retired: set[asyncio.Task[None]] = set()
+        self._tls: ssl.SSLContext | None = None
 
     async def start(self) -> None:
         """Build every part and bind the listeners."""
@@ -139,7 +140,7 @@ class Daemon:
         self.registrar.on_registered.append(messages.on_registered)
         messages.start()
         self._housekeeping = asyncio.create_task(self._purge_expired())
-        tls = self._tls_context()
+        self._tls = tls = self._tls_context()
         for spec in sip.listen:
             context = tls if spec.transport == "tls" else None
             endpoint = await transport.listen(spec.transport, spec.host, spec.port, context)
@@ -199,12 +200,14 @@ class Daemon:
     async def reload(self, config: Config) -> None:
         """Apply `config` without dropping bindings, flows or held requests (SIGHUP).
 
-        Users, push credentials, registrar limits, routing timers and the log level
-        change; listeners, storage and the admin address need a restart and are kept.
+        Users, push credentials, the TLS certificate files' contents, registrar limits,
+        routing timers and the log level change; listeners, storage and the admin
+        address need a restart and are kept.
         Everything that can fail runs before anything changes.
         """
         config = _keep_restart_only(self.config, config)
         gate = self._next_gate(config)
+        renewed = self._tls_context()  # the certificate files may have been renewed
         dispatcher = Dispatcher(
             build_providers(config.push),
             dispatcher_settings(config.push),
@@ -217,6 +220,12 @@ class Daemon:
             await dispatcher.stop(0)
             raise
         set_level(config.logging.level)
+        if self._tls is not None and renewed is not None and (tls := config.sip.tls):
+            # The listeners hold this context: new handshakes use the renewed chain.
+            try:
+                self._tls.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+            except (ssl.SSLError, OSError) as exc:
+                log.error("TLS certificate not renewed", error=str(exc))
         old, self.dispatcher, self.config = self.dispatcher, dispatcher, config
         if self.registrar is not None:
             self.registrar.auth = gate

@@ -7,10 +7,13 @@ NOTIFY_SOCKET that collects READY=1, RELOADING=1, STOPPING=1 and WATCHDOG=1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -28,6 +31,7 @@ from sipushd.app import Daemon
 from sipushd.config import Config
 from sipushd.sip import Request, Response
 from sipushd.sip.digest import digest_response, ha1
+from sipushd.testing.pki import ensure_server_credentials
 from sipushd.testing.ua import SipClient
 from sipushd.users import set_user
 
@@ -472,3 +476,49 @@ async def test_admin_port_in_use_is_a_start_failure(tmp_path: Path, systemd: Sys
     assert "cannot start" in log
     with pytest.raises(TimeoutError):
         await systemd.next(timeout=0.1)  # never READY=1
+
+
+async def _server_certificate(host: str, port: int) -> bytes:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # only looking at which certificate is served
+    _, writer = await asyncio.open_connection(host, port, ssl=context)
+    certificate = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    writer.close()
+    with contextlib.suppress(ssl.SSLError, ConnectionError):
+        await writer.wait_closed()
+    assert isinstance(certificate, bytes)
+    return certificate
+
+
+@pytest.mark.asyncio
+async def test_reload_serves_a_renewed_tls_certificate(tmp_path: Path) -> None:
+    first = ensure_server_credentials(tmp_path / "first")
+    second = ensure_server_credentials(tmp_path / "second")
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    shutil.copy(first.cert_file, cert)
+    shutil.copy(first.key_file, key)
+    sip = {
+        "domains": [REALM],
+        "listen": ["tls:127.0.0.1:0"],
+        "tls": {"cert_file": str(cert), "key_file": str(key)},
+    }
+    daemon = Daemon(_in_process(tmp_path, sip=sip))
+    await daemon.start()
+    try:
+        [listener] = daemon.listeners
+        before = await _server_certificate(listener.host, listener.port)
+        assert before == _der(first.cert_file)
+        shutil.copy(second.cert_file, cert)
+        shutil.copy(second.key_file, key)
+        await daemon.reload(_in_process(tmp_path, sip=sip))
+        after = await _server_certificate(listener.host, listener.port)
+        assert after == _der(second.cert_file)
+    finally:
+        await daemon.stop(0)
+
+
+def _der(path: Path) -> bytes:
+    """The first certificate of a PEM chain file, DER-encoded."""
+    end = "-----END CERTIFICATE-----"
+    return ssl.PEM_cert_to_DER_cert(path.read_text().split(end)[0] + end + "\n")

@@ -82,7 +82,11 @@ class MessageSettings:
 
 @dataclass(frozen=True)
 class StoredMessage:
-    """One MESSAGE kept for the devices of `aor`: the full request bytes plus metadata."""
+    """One MESSAGE kept for the devices of `aor`: the full request bytes plus metadata.
+
+    `device` is set for a MESSAGE sent to one device's GRUU (RFC 5627): only that
+    device gets it, however many others the AOR has.
+    """
 
     id: str
     aor: str
@@ -92,10 +96,17 @@ class StoredMessage:
     expires_at: float
     data: bytes
     chat_room_addr: str | None = None
+    device: str | None = None
 
     @classmethod
     def from_request(
-        cls, message_id: str, aor: str, request: Request, now: float, delivery_timeout: float
+        cls,
+        message_id: str,
+        aor: str,
+        request: Request,
+        now: float,
+        delivery_timeout: float,
+        device: str | None = None,
     ) -> StoredMessage:
         """The record for `request`, arriving at `now`, kept for `delivery_timeout` seconds."""
         return cls(
@@ -107,6 +118,7 @@ class StoredMessage:
             expires_at=now + delivery_timeout,
             data=request.to_bytes(),
             chat_room_addr=chat_room_address(request),
+            device=device,
         )
 
     def request(self) -> Request:
@@ -146,11 +158,11 @@ class MessagePlan:
         return bool(self.recipients)
 
 
-def message_id(aor: str, request: Request) -> str:
-    """A stable id for one MESSAGE to `aor`, from its Call-ID, CSeq and From tag."""
+def message_id(target: str, request: Request) -> str:
+    """A stable id for one MESSAGE to `target` (AOR or GRUU), from Call-ID, CSeq, From tag."""
     # A sender that resends the same MESSAGE in a new transaction keeps all three,
     # so the copy is recognised and stored once.
-    parts = (aor, request.call_id, str(request.cseq.seq), request.from_.tag or "")
+    parts = (target, request.call_id, str(request.cseq.seq), request.from_.tag or "")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 

@@ -235,7 +235,7 @@ class MessageService:
             if self.identity is not None:
                 request, _ = strip_own_routes(request, self.identity)
             kind = classify(request)
-            found = await self.bindings.get(aor, now)
+            found = await self._bindings_for(request, now)
         except SipParseError as exc:
             self.server.reply(key, request, 400, str(exc)[:80] or None)
             return
@@ -247,8 +247,14 @@ class MessageService:
         plan = plan_message(kind, devices, store_full=False)
         stored: StoredMessage | None = None
         if plan.store:
+            gruu = request.uri.param("gr")
             stored = StoredMessage.from_request(
-                message_id(aor, request), aor, request, now, self.settings.delivery_timeout
+                message_id(f"{aor};gr={gruu}" if gruu else aor, request),
+                aor,
+                request,
+                now,
+                self.settings.delivery_timeout,
+                device=found[0].key if gruu else None,
             )
             plan, stored = await self._store(stored, plan, devices)
         if plan.reject is not None:
@@ -256,6 +262,14 @@ class MessageService:
             self.server.reply(key, request, status, reason)
             return
         self._route(_Inbound(request, key, stored, {b.key: b for b in found}), plan)
+
+    async def _bindings_for(self, request: Request, now: float) -> list[Binding]:
+        """The AOR's live bindings, or the one device a GRUU names (RFC 5627)."""
+        uri = request.uri
+        if uri.has_param("gr"):
+            found = await self.bindings.by_gruu(str(uri), now)
+            return [found] if found is not None else []
+        return await self.bindings.get(uri.aor, now)
 
     def _route(self, inbound: _Inbound, plan: MessagePlan) -> None:
         """Forward, push, and start the accept timer (202 when it fires, RFC 3428)."""

@@ -11,7 +11,8 @@ One job: keep MESSAGEs for the devices of an AOR until each device got them
 - `pending(aor, device, now)` lists, oldest first (arrival time, then
   insertion order), the live messages of `aor` the device is not done with:
   those it is a recipient of, and those it has never been told about (a
-  device registering for the first time while a message is still stored).
+  device registering for the first time while a message is still stored),
+  except messages addressed to another single device (`StoredMessage.device`).
 - `mark_done(id, device)` records the device done; the message leaves the
   store once no device it was stored for is pending.
 - Reads take `now` and never return an expired message; `purge_expired`
@@ -117,7 +118,9 @@ class MemoryMessageStore(MessageStore):
         entries = [
             e
             for e in self._by_aor.get(aor, {}).values()
-            if not e.message.expired(now) and not e.devices.get(device, False)
+            if not e.message.expired(now)
+            and not e.devices.get(device, False)
+            and e.message.device in (None, device)
         ]
         entries.sort(key=lambda e: (e.message.arrived_at, e.seq))
         return [e.message for e in entries]

@@ -58,15 +58,20 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (message_id, device)
     ) WITHOUT ROWID;
     """,
+    # 1 -> 2: a MESSAGE sent to one device's GRUU names that device.
+    """
+    ALTER TABLE messages ADD COLUMN device TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 COMPONENT = "messages"
 
-_COLUMNS = "id, aor, call_id, sender, arrived_at, expires_at, chat_room_addr, data"
-_INSERT = f"INSERT INTO messages ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_COLUMNS = "id, aor, call_id, sender, arrived_at, expires_at, chat_room_addr, data, device"
+_INSERT = f"INSERT INTO messages ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _PENDING = f"""
     SELECT {_COLUMNS} FROM messages AS m
-    WHERE m.aor = ? AND m.expires_at > ? AND NOT EXISTS (
+    WHERE m.aor = ? AND m.expires_at > ? AND (m.device IS NULL OR m.device = ?)
+    AND NOT EXISTS (
         SELECT 1 FROM message_devices AS d
         WHERE d.message_id = m.id AND d.device = ? AND d.done = 1
     )
@@ -128,7 +133,7 @@ class SqliteMessageStore(MessageStore):
 
     async def pending(self, aor: str, device: str, now: float) -> list[StoredMessage]:
         """Live messages of `aor` that `device` is not done with, oldest first."""
-        async with self._read(), self._db.execute(_PENDING, (aor, now, device)) as cursor:
+        async with self._read(), self._db.execute(_PENDING, (aor, now, device, device)) as cursor:
             rows = await cursor.fetchall()
         return [_from_row(row) for row in rows]
 
@@ -283,11 +288,21 @@ async def migrate(db: aiosqlite.Connection) -> int:
 
 
 def _to_row(m: StoredMessage) -> tuple[Any, ...]:
-    return (m.id, m.aor, m.call_id, m.sender, m.arrived_at, m.expires_at, m.chat_room_addr, m.data)
+    return (
+        m.id,
+        m.aor,
+        m.call_id,
+        m.sender,
+        m.arrived_at,
+        m.expires_at,
+        m.chat_room_addr,
+        m.data,
+        m.device,
+    )
 
 
 def _from_row(row: Any) -> StoredMessage:
-    message_id, aor, call_id, sender, arrived_at, expires_at, chat_room_addr, data = row
+    message_id, aor, call_id, sender, arrived_at, expires_at, chat_room_addr, data, device = row
     return StoredMessage(
         id=str(message_id),
         aor=str(aor),
@@ -297,4 +312,5 @@ def _from_row(row: Any) -> StoredMessage:
         expires_at=float(expires_at),
         data=bytes(data),
         chat_room_addr=chat_room_addr,
+        device=device,
     )

@@ -26,7 +26,7 @@ from sipushd.sip import Request
 from sipushd.testing.ua import SipClient
 
 AOR = "sip:bob@example.org"
-ALERT = "pn-provider=apns;pn-param=ABCD1234.org.example.app;pn-prid=44ee55ff"
+ALERT = "pn-provider=apns;pn-param=ABCD1234.org.example.app;pn-prid={token}"
 
 
 class Pushes:
@@ -89,9 +89,14 @@ async def connect(daemon: Daemon, transport: str = "tcp") -> SipClient:
     return await SipClient.connect(transport, address(daemon, transport))
 
 
+def token(uuid: int) -> str:
+    return f"44ee55{uuid:02x}"
+
+
 async def register(phone: SipClient, *, uuid: int = 1, push: bool = True) -> None:
     host, port = phone.local
-    params = f";{ALERT}" if push else ""
+    # One token per device: the registrar replaces a binding whose token is reused.
+    params = ";" + ALERT.format(token=token(uuid)) if push else ""
     contact = (
         f"<sip:bob@{host}:{port};transport={phone.transport_name}{params}>"
         f';+sip.instance="<urn:uuid:00000000-0000-0000-0000-{uuid:012d}>"'
@@ -200,7 +205,7 @@ async def test_a_sleeping_phone_is_pushed_gets_202_then_the_message_once_it_regi
         assert (push.kind, push.service, push.token) == (
             PushKind.MESSAGE,
             PushService.REMOTE,
-            "44ee55ff",
+            token(1),
         )
         assert push.call_id == sent.call_id
         assert build_apns(push, time.time()).payload["call_id"] == sent.call_id
@@ -503,4 +508,40 @@ async def test_expired_messages_are_purged_and_never_delivered() -> None:
         phone = await connect(daemon)
         await register(phone)
         assert await no_request(phone)
+        await phone.close()
+
+
+@pytest.mark.asyncio
+async def test_a_message_to_a_gruu_is_kept_for_that_device_only() -> None:
+    async with running(make_config()) as (daemon, pushes):
+        tablet = await connect(daemon)
+        await register(tablet, uuid=2)
+        await fall_asleep_one(daemon, tablet)
+        phone = await connect(daemon)
+        await register(phone, uuid=1)
+        await fall_asleep_one(daemon, phone)
+        gruu = f"{AOR};gr=urn:uuid:00000000-0000-0000-0000-000000000001"
+        async with await connect(daemon, "udp") as sender:
+            request = sender.build(
+                "MESSAGE",
+                gruu,
+                [("Content-Type", "text/plain")],
+                b"just the phone",
+                to=AOR,
+                from_="sip:alice@example.net",
+            )
+            sender.send(request)
+            assert (await sender.final_response()).status == 202
+        assert [p.token for p in await pushes.wait_for(1)] == [token(1)]
+        assert len(pushes.sent) == 1, "one device woken, not two"
+        tablet = await connect(daemon)
+        await register(tablet, uuid=2)
+        assert await no_request(tablet)
+        phone = await connect(daemon)
+        await register(phone, uuid=1)
+        got = await phone.next_request("MESSAGE")
+        phone.answer(got, 200)
+        assert got.body == b"just the phone"
+        await until(lambda: _equals(stored(daemon), 0))
+        await tablet.close()
         await phone.close()

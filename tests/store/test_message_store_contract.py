@@ -27,7 +27,7 @@ from sipushd.store.messages import (
     MessageLimitError,
     MessageStore,
 )
-from sipushd.store.messages_sqlite import SCHEMA_VERSION, SqliteMessageStore
+from sipushd.store.messages_sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteMessageStore
 from sipushd.store.sqlite import SqliteBindingStore
 
 Opener = Callable[[Path], Awaitable[MessageStore]]
@@ -159,6 +159,15 @@ async def test_a_device_that_is_not_a_recipient_does_not_keep_the_message(
 
 
 @pytest.mark.asyncio
+async def test_a_message_for_one_device_goes_to_that_device_only(store: MessageStore) -> None:
+    await store.add(dataclasses.replace(message(1), device="phone"), ["phone"], limit=9, now=NOW)
+    await store.add(message(2), ["phone"], limit=9, now=NOW)
+    assert ids(await store.pending(AOR, "phone", NOW)) == ["m1", "m2"]
+    assert ids(await store.pending(AOR, "tablet", NOW)) == ["m2"]
+    assert (await store.get("m1")) == dataclasses.replace(message(1), device="phone")
+
+
+@pytest.mark.asyncio
 async def test_the_per_aor_limit_refuses_and_stores_nothing(store: MessageStore) -> None:
     await store.add(message(1), ["phone"], limit=2, now=NOW)
     await store.add(message(2), ["phone"], limit=2, now=NOW)
@@ -267,6 +276,28 @@ async def test_sqlite_shares_the_file_with_the_binding_store(tmp_path: Path) -> 
     # Both open again on the migrated file.
     reopened = await SqliteBindingStore.open(path)
     await reopened.close()
+
+
+@pytest.mark.asyncio
+async def test_sqlite_migrates_a_version_1_file_keeping_its_messages(tmp_path: Path) -> None:
+    path = tmp_path / "sipushd.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(MIGRATIONS[0])
+        db.execute("CREATE TABLE schema_versions (component TEXT PRIMARY KEY, version INTEGER)")
+        db.execute("INSERT INTO schema_versions VALUES ('messages', 1)")
+        old = message(1)
+        db.execute(
+            "INSERT INTO messages (id, aor, call_id, sender, arrived_at, expires_at, "
+            "chat_room_addr, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (old.id, old.aor, old.call_id, old.sender, old.arrived_at, old.expires_at, None,
+             old.data),
+        )  # fmt: skip
+        db.execute("INSERT INTO message_devices VALUES ('m1', 'phone', 0)")
+    store = await SqliteMessageStore.open(path)
+    try:
+        assert await store.pending(AOR, "phone", NOW) == [old]
+    finally:
+        await store.close()
 
 
 @pytest.mark.asyncio

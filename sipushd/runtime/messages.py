@@ -316,7 +316,7 @@ class MessageService:
             if fallback.reject is not None:
                 fallback = replace(fallback, reject=(500, "Message Store Unavailable"))
             return fallback, None
-        await self._update_gauge()
+        self._spawn(self._update_gauge())
         return plan, stored
 
     def _device(self, binding: Binding) -> Device:
@@ -330,10 +330,13 @@ class MessageService:
 
     def _forward(self, inbound: _Inbound, device: str) -> None:
         binding = inbound.bindings[device]
+        if inbound.stored is not None:
+            marker = (inbound.stored.id, device)
+            if marker in self._sending:
+                return  # the device registered meanwhile: its delivery run sends it
+            self._sending.add(marker)
         branch = _Branch(self, inbound, device)
         inbound.branches += 1
-        if inbound.stored is not None:
-            self._sending.add((inbound.stored.id, device))
         try:
             request, destination = self._outgoing(inbound.request, binding, new_via=False)
             self.server.engine.send_request(request, destination, branch)

@@ -212,8 +212,14 @@ class MessageService:
 
     def handle(self, request: Request, source: Endpoint, key: TransactionKey) -> None:
         """ServerCore handler for MESSAGE."""
-        if request.uri.host.lower() not in self.domains:
-            # Another domain: the proxy forwards it (or refuses to relay).
+        try:
+            elsewhere = not self._is_local(request)
+        except SipParseError as exc:
+            self.server.reply(key, request, 400, str(exc)[:80] or None)
+            return
+        if elsewhere:
+            # Another domain, or a Route beyond us (§16.4): the proxy forwards it
+            # (or refuses to relay).
             fallback = self.server.forward_handler
             if fallback is not None:
                 fallback(request, source, key)
@@ -224,6 +230,14 @@ class MessageService:
             self.server.reply(key, request, 482)  # RFC 3261 §16.3 step 4
             return
         self._spawn(self._receive(request, source, key))
+
+    def _is_local(self, request: Request) -> bool:
+        """For a served domain, and no Route left once ours are removed (§16.4)."""
+        if request.uri.host.lower() not in self.domains:
+            return False
+        if self.identity is not None:
+            request, _ = strip_own_routes(request, self.identity)
+        return not request.routes
 
     async def _receive(self, request: Request, source: Endpoint, key: TransactionKey) -> None:
         now = self.clock()

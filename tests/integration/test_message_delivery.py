@@ -545,3 +545,31 @@ async def test_a_message_to_a_gruu_is_kept_for_that_device_only() -> None:
         await until(lambda: _equals(stored(daemon), 0))
         await tablet.close()
         await phone.close()
+
+
+@pytest.mark.asyncio
+async def test_a_route_to_us_is_removed_and_other_domains_go_to_the_proxy() -> None:
+    async with running(make_config()) as (daemon, _pushes):
+        phone = await connect(daemon)
+        await register(phone)
+        host, port = address(daemon, "udp")
+        async with await connect(daemon, "udp") as sender:
+            routed = sender.build(
+                "MESSAGE",
+                AOR,
+                [("Route", f"<sip:{host}:{port};lr>"), ("Content-Type", "text/plain")],
+                b"via our outbound proxy",
+                from_="sip:alice@example.net",
+            )
+            sender.send(routed)
+            got = await phone.next_request("MESSAGE")
+            phone.answer(got, 200)
+            assert (await sender.final_response()).status == 200
+            assert got.headers.get("Route") is None
+            # Not ours and not from a local user: the proxy will not relay it.
+            foreign = sender.build(
+                "MESSAGE", "sip:carol@example.net", from_="sip:alice@example.net"
+            )
+            sender.send(foreign)
+            assert (await sender.final_response()).status == 403
+        await phone.close()

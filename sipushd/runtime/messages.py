@@ -393,8 +393,9 @@ class MessageService:
         if response is not None and 200 <= response.status < 300:
             self._answer(inbound, response_upstream(response))
             return
+        # No answer: 480, not 408, which a proxy must not send for a non-INVITE (RFC 4320).
         upstream = response_upstream(response) if response is not None else None
-        inbound.responses.append(upstream or make_response(inbound.request, 408))
+        inbound.responses.append(upstream or self._reply(inbound, 480))
         self._check_answer(inbound)
 
     def _wake(self, inbound: _Inbound, device: str) -> None:

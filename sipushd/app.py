@@ -83,6 +83,7 @@ class Daemon:
         self.engine = engine = Engine(TransactionLayer(timers))
         self.transport = transport = TransportManager(
             engine.on_message,
+            on_parse_error=_count_parse_error,
             limits=TransportLimits(
                 idle_timeout=sip.tcp.idle_timeout,
                 max_connections=sip.tcp.max_connections,
@@ -351,6 +352,11 @@ def _keep_restart_only(current: Config, new: Config) -> Config:
     logging = new.logging.model_copy(update={"format": current.logging.format})
     update = {"sip": current.sip, "storage": current.storage, "admin": admin, "logging": logging}
     return new.model_copy(update=update)
+
+
+def _count_parse_error(reason: str, source: Endpoint) -> None:
+    metrics.PARSE_ERRORS.labels(transport=source.transport).inc()
+    log.debug("malformed message", peer=str(source), reason=reason)
 
 
 def _count_push(request: PushRequest, result: PushResult) -> None:

@@ -15,6 +15,7 @@ from typing import Protocol
 
 import structlog
 
+from sipushd import metrics
 from sipushd.sip import Endpoint, Request, Response
 from sipushd.sip.errors import SipParseError
 from sipushd.sip.transaction import (
@@ -27,6 +28,7 @@ from sipushd.sip.transaction import (
     MessageReceived,
     RequestSent,
     ResponseSent,
+    Role,
     StrayResponse,
     TimerFired,
     TransactionError,
@@ -42,6 +44,22 @@ from sipushd.sip.transaction import (
 from sipushd.transport import TransportError
 
 log = structlog.get_logger("sipushd.engine")
+
+
+def _kind(key: TransactionKey) -> str:
+    invite = "invite" if key.method == "INVITE" else "non_invite"
+    return f"{invite}_{'server' if key.role is Role.SERVER else 'client'}"
+
+
+_KINDS = ("invite_server", "invite_client", "non_invite_server", "non_invite_client")
+_CREATED = {kind: metrics.TRANSACTIONS.labels(kind=kind) for kind in _KINDS}
+_ACTIVE = {kind: metrics.ACTIVE_TRANSACTIONS.labels(kind=kind) for kind in _KINDS}
+
+
+def _created(key: TransactionKey) -> None:
+    kind = _kind(key)
+    _CREATED[kind].inc()
+    _ACTIVE[kind].inc()
 
 
 class Sender(Protocol):
@@ -139,6 +157,8 @@ class Engine:
         except TransactionError:
             self._listeners.pop(key, None)
             raise
+        if request.method != "ACK":
+            _created(key)
         return key
 
     # --- the loop --------------------------------------------------------------------
@@ -175,8 +195,10 @@ class Engine:
                     if not self._transmit(message, destination) and key is not None:
                         failed.append(key)
                 case DeliverRequest(request=request, source=source, key=key):
+                    _created(key)
                     user.on_request(request, source, key)
                 case DeliverCancel(cancel=cancel, source=source, key=key, invite_key=invite):
+                    _created(key)
                     user.on_cancel(cancel, source, key, invite)
                 case DeliverAck(request=ack, source=source):
                     user.on_ack(ack, source)
@@ -192,6 +214,7 @@ class Engine:
                     if (listener := self._listeners.get(key)) is not None:
                         listener.on_transport_error(key)
                 case TransactionTerminated(key=key):
+                    _ACTIVE[_kind(key)].dec()
                     self._listeners.pop(key, None)
         for key in failed:
             self._step(TransportFailed(key))

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from sipushd import metrics
 from sipushd.app import Daemon
 from sipushd.config import Config
 from sipushd.sip import Response, StreamParser
@@ -155,3 +156,20 @@ async def test_options_over_tls_listener(tmp_path: Path) -> None:
     assert isinstance(response, Response)
     assert response.status == 200
     assert response.call_id == "tls-options"
+
+
+def _sample(name: str, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@pytest.mark.asyncio
+async def test_transactions_and_parse_errors_are_counted(daemon: Daemon) -> None:
+    created = _sample("sipushd_transactions_total", kind="non_invite_server")
+    errors = _sample("sipushd_parse_errors_total", transport="udp")
+    async with await SipClient.connect("udp", _address(daemon, "udp")) as ua:
+        assert (await ua.request("OPTIONS", "sip:127.0.0.1")).status == 200
+        ua.send(b"OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: broken\r\n\r\n")
+        # A second request after the bad datagram proves the bad one was processed.
+        assert (await ua.request("OPTIONS", "sip:127.0.0.1")).status == 200
+    assert _sample("sipushd_transactions_total", kind="non_invite_server") == created + 2
+    assert _sample("sipushd_parse_errors_total", transport="udp") == errors + 1

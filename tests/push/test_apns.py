@@ -178,7 +178,9 @@ async def test_dispatcher_stops_retrying_at_the_deadline(
     result = await dispatcher.push(request)
     await dispatcher.stop()
     assert result.outcome is PushOutcome.FAILED and result.reason == "deadline"
-    assert result.status == 500 and result.attempts == len(pns.pushes) >= 2
+    # The last attempt may be cut short by the deadline itself (no answer, status None).
+    assert result.status in (500, None) and result.attempts >= len(pns.pushes) >= 2
+    assert all(p.status == 500 for p in pns.pushes)
     assert all(p.time < request.deadline for p in pns.pushes)
 
 

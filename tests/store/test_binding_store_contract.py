@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,9 @@ from sipushd.core.pushparams import PushTarget
 from sipushd.sip import Endpoint
 from sipushd.store.base import BindingStore, StoreError
 from sipushd.store.memory import MemoryBindingStore
+from sipushd.store.redis_bindings import RedisBindingStore
 from sipushd.store.sqlite import SqliteBindingStore
+from tests.store.redis_server import shared_url
 
 Opener = Callable[[Path], Awaitable[BindingStore]]
 
@@ -35,6 +38,12 @@ async def _open_sqlite(place: Path) -> BindingStore:
     return await SqliteBindingStore.open(place / "sipushd.db")
 
 
+async def _open_redis(place: Path) -> BindingStore:
+    # One shared server; each test directory gets its own key prefix.
+    prefix = "t" + hashlib.sha1(str(place).encode()).hexdigest()[:12] + ":"
+    return await RedisBindingStore.open(shared_url(), prefix)
+
+
 @dataclasses.dataclass(frozen=True)
 class Backend:
     open: Opener
@@ -45,6 +54,7 @@ class Backend:
 BACKENDS: dict[str, Backend] = {
     "memory": Backend(_open_memory, persistent=False),
     "sqlite": Backend(_open_sqlite, persistent=True),
+    "redis": Backend(_open_redis, persistent=True, marks=(pytest.mark.redis,)),
 }
 
 AOR = "sip:alice@example.org"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -28,7 +29,9 @@ from sipushd.store.messages import (
     MessageStore,
 )
 from sipushd.store.messages_sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteMessageStore
+from sipushd.store.redis_messages import RedisMessageStore
 from sipushd.store.sqlite import SqliteBindingStore
+from tests.store.redis_server import shared_url
 
 Opener = Callable[[Path], Awaitable[MessageStore]]
 
@@ -41,6 +44,12 @@ async def _open_sqlite(place: Path) -> MessageStore:
     return await SqliteMessageStore.open(place / "sipushd.db")
 
 
+async def _open_redis(place: Path) -> MessageStore:
+    # One shared server; each test directory gets its own key prefix.
+    prefix = "t" + hashlib.sha1(str(place).encode()).hexdigest()[:12] + ":"
+    return await RedisMessageStore.open(shared_url(), prefix)
+
+
 @dataclasses.dataclass(frozen=True)
 class Backend:
     open: Opener
@@ -51,6 +60,7 @@ class Backend:
 BACKENDS: dict[str, Backend] = {
     "memory": Backend(_open_memory, persistent=False),
     "sqlite": Backend(_open_sqlite, persistent=True),
+    "redis": Backend(_open_redis, persistent=True, marks=(pytest.mark.redis,)),
 }
 
 AOR = "sip:alice@example.org"

@@ -46,6 +46,8 @@ from sipushd.store.base import BindingStore
 from sipushd.store.memory import MemoryBindingStore
 from sipushd.store.messages import MemoryMessageStore, MessageStore
 from sipushd.store.messages_sqlite import SqliteMessageStore
+from sipushd.store.redis_bindings import RedisBindingStore
+from sipushd.store.redis_messages import RedisMessageStore
 from sipushd.store.sqlite import SqliteBindingStore
 from sipushd.transport import TransportLimits, TransportManager
 from sipushd.users import load_users
@@ -139,6 +141,10 @@ class Daemon:
         )
         server.handlers["MESSAGE"] = messages.handle
         self.registrar.on_registered.append(messages.on_registered)
+        if isinstance(store, RedisBindingStore):
+            # A REGISTER that reached another node may wake a call held here; its stored
+            # MESSAGEs are that node's to deliver.
+            await store.subscribe(proxy.on_registered)
         messages.start()
         self._housekeeping = asyncio.create_task(self._purge_expired())
         self._tls = tls = self._tls_context()
@@ -380,11 +386,13 @@ async def open_store(config: Config) -> BindingStore:
             return MemoryBindingStore()
         path.parent.mkdir(parents=True, exist_ok=True)
         return await SqliteBindingStore.open(path)
+    if storage.backend == "redis":
+        return await RedisBindingStore.open(storage.redis.url, storage.redis.key_prefix)
     raise ValueError(f"storage backend {storage.backend!r} is not available")
 
 
 async def open_message_store(config: Config) -> MessageStore:
-    """The message store the config names: the binding store's SQLite file."""
+    """The message store the config names, next to the bindings (same file or server)."""
     storage = config.storage
     if storage.backend == "sqlite":
         path = storage.sqlite.path
@@ -392,6 +400,8 @@ async def open_message_store(config: Config) -> MessageStore:
             return MemoryMessageStore()
         path.parent.mkdir(parents=True, exist_ok=True)
         return await SqliteMessageStore.open(path)
+    if storage.backend == "redis":
+        return await RedisMessageStore.open(storage.redis.url, storage.redis.key_prefix)
     raise ValueError(f"storage backend {storage.backend!r} is not available")
 
 

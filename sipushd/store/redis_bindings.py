@@ -339,6 +339,7 @@ class RedisBindingStore(BindingStore):
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
                         self._deliver(message["data"])
+                return  # unsubscribed
             except (RedisError, OSError):
                 # The client reconnects and subscribes again on the next read.
                 await asyncio.sleep(1.0)

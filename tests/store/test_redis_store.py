@@ -7,6 +7,7 @@ objects on one server stand for two sipushd nodes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -189,3 +190,23 @@ async def test_a_server_that_goes_away_gives_store_errors(server: RedisServer) -
         await messages.close()
     with pytest.raises(StoreError, match="connecting"):
         await RedisBindingStore.open(server.url, "p:")
+
+
+@pytest.mark.asyncio
+async def test_events_resume_after_a_redis_restart(
+    server: RedisServer, nodes: tuple[RedisBindingStore, RedisBindingStore]
+) -> None:
+    a, b = nodes
+    heard: asyncio.Queue[Binding] = asyncio.Queue()
+    await b.subscribe(heard.put_nowait)
+    server.stop()
+    server.start()
+    # The first command on a connection that died fails; the subscriber reconnects.
+    async with asyncio.timeout(10):
+        while True:
+            with contextlib.suppress(StoreError):
+                await a.apply(AOR, [binding("phone")], [])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(heard.get(), 0.2)
+                break
+    assert [x.key for x in await b.get(AOR, NOW)] == ["phone"]

@@ -42,9 +42,9 @@ import asyncio
 import contextlib
 import json
 import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import replace
-from typing import Any, cast
+from typing import cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
@@ -278,8 +278,9 @@ class RedisBindingStore(BindingStore):
 
     async def expiring(self, now: float, before: float) -> list[Binding]:
         """Live bindings that expire before `before`, soonest first."""
+        span = [f"({_score(now)}", f"({_score(before)}"]  # open interval: live, not yet due
         async with self._reading("binding read"):
-            docs = await self._expiring(args=[self._prefix, f"({_score(now)}", f"({before!r}"])
+            docs = await self._expiring(args=[self._prefix, *span])
         found = [self._decode(doc) for doc in cast(list[bytes], docs)]
         live = [b for b in found if not b.expired(now) and b.expires_at < before]
         return sorted(live, key=lambda b: b.expires_at)
@@ -413,7 +414,7 @@ def _without_flow(binding: Binding) -> Binding:
     return replace(binding, flow=replace(binding.flow, flow=None))
 
 
-def _by_aor(bindings: Any) -> list[Binding]:
+def _by_aor(bindings: Iterable[Binding]) -> list[Binding]:
     return sorted(bindings, key=lambda b: (b.aor, *_order(b)))
 
 

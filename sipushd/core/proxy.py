@@ -292,7 +292,7 @@ def uri_destination(uri: SipUri) -> Endpoint | None:
 
 
 def target_for_binding(binding: Binding, flow_alive: bool) -> ForwardTarget | None:
-    """Where a branch to `binding` goes: its Path, else its flow (alive), else its Contact."""
+    """Where a branch to `binding` goes: its Path, its live flow, its Contact (NAT: source)."""
     uri = parse_uri(binding.contact)
     if binding.path:
         # RFC 3327 §5.3: the Path becomes the Route set, the first entry the next hop.
@@ -300,11 +300,23 @@ def target_for_binding(binding: Binding, flow_alive: bool) -> ForwardTarget | No
         hop = uri_destination(first)
         return None if hop is None else ForwardTarget(uri, hop, binding.path)
     flow = binding.flow
-    if flow_alive or not flow.reliable:
-        # RFC 5626 §5.3: reuse the registration's flow; over UDP its source address.
+    if flow.reliable and flow_alive:
+        # RFC 5626 §5.3: reuse the registration's connection.
         return ForwardTarget(uri, flow)
     hop = uri_destination(uri)
+    if not flow.reliable and (binding.reg_id is not None or hop is None or _behind_nat(hop, flow)):
+        # Over UDP the REGISTER's source address: RFC 5626 outbound, or a Contact that
+        # names a private address other than the one the REGISTER came from (NAT).
+        return ForwardTarget(uri, flow)
     return None if hop is None else ForwardTarget(uri, hop)
+
+
+def _behind_nat(contact: Endpoint, source: Endpoint) -> bool:
+    try:
+        private = ipaddress.ip_address(contact.host).is_private
+    except ValueError:
+        return False
+    return private and contact.host != source.host
 
 
 # --- §16.6 request forwarding -------------------------------------------------------------

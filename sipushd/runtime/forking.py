@@ -32,6 +32,10 @@ from sipushd.transport import TransportError
 log = structlog.get_logger("sipushd.proxy")
 
 
+def _never() -> bool:
+    return False
+
+
 @dataclass(eq=False)
 class Branch:
     """One client transaction of a context; it is its own `ClientListener`."""
@@ -79,7 +83,7 @@ class ForwardContext:
         source: Endpoint,
         key: TransactionKey,
         *,
-        holding: Callable[[], bool] = lambda: False,
+        holding: Callable[[], bool] = _never,
         on_finished: Callable[[ForwardContext], None] | None = None,
     ) -> None:
         self.engine = engine
@@ -160,6 +164,7 @@ class ForwardContext:
         if not self.finished:
             self.responses.append(upstream)
         self.check_done()
+        self._release_if_idle()
 
     def _answered(self, branch: Branch, upstream: Response) -> None:
         if self.finished and not self.answered:
@@ -187,6 +192,7 @@ class ForwardContext:
             self.responses.append(make_response(self.request, status, to_tag=self.to_tag))
         self._notify(branch, None)
         self.check_done()
+        self._release_if_idle()
 
     def _notify(self, branch: Branch, response: Response | None) -> None:
         if branch.on_event is not None:
@@ -247,3 +253,19 @@ class ForwardContext:
     def _finished(self) -> None:
         if self.on_finished is not None:
             self.on_finished(self)
+        self._release_if_idle()
+
+    def _release_if_idle(self) -> None:
+        """Break the context <-> branch cycles once the outcome is settled.
+
+        A call's messages are then freed by reference counting when the transaction
+        layer lets go of its branches, instead of piling up for a full GC pass (whose
+        pause grows with them and delays every message).
+        """
+        if self.final is None or self._starting or self.active:
+            return
+        for branch in self.branches:
+            branch.on_event = None
+        self.branches = []
+        self.responses = []
+        self.holding = _never

@@ -512,6 +512,7 @@ class ProxyCore:
             calls.discard(call)
             if not calls:
                 del self._held[call.aor]
+        call.forked.clear()  # breaks the call <-> branch cycle (see ForwardContext)
         if self._calls.pop(call.context.key, None) is None:
             return
         if call.held:

@@ -166,6 +166,14 @@ def test_binding_targets_path_then_live_flow_then_contact() -> None:
     assert dead is not None and dead.destination == Endpoint("tcp", "198.51.100.9", 40123)
     named = target_for_binding(binding(contact="sip:bob@phone.example.net;transport=tcp"), False)
     assert named is None
+    # UDP: the Contact, unless it is a private address behind a NAT or outbound is used.
+    source = Endpoint("udp", "203.0.113.9", 31000)
+    plain = target_for_binding(binding(contact="sip:bob@203.0.113.9:5070", flow=source), False)
+    assert plain is not None and plain.destination == Endpoint("udp", "203.0.113.9", 5070)
+    natted = target_for_binding(binding(contact="sip:bob@192.168.1.5:5060", flow=source), False)
+    assert natted is not None and natted.destination == source
+    outbound = binding(contact="sip:bob@203.0.113.9:5070", flow=source, reg_id=1)
+    assert target_for_binding(outbound, False) == ForwardTarget(parse_uri(outbound.contact), source)
 
 
 def test_uri_destination_defaults() -> None:

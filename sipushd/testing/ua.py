@@ -18,19 +18,32 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Self
 
-from sipushd.sip import Request, Response, StreamParser, make_response, parse_message, parse_uri
+from sipushd.sip import (
+    Request,
+    Response,
+    SipParseError,
+    StreamParser,
+    make_response,
+    parse_message,
+    parse_uri,
+)
 from sipushd.sip.headers import Headers
 
 Message = Request | Response
 
 
 class _Datagrams(asyncio.DatagramProtocol):
-    def __init__(self, inbox: asyncio.Queue[Message]) -> None:
+    def __init__(self, inbox: asyncio.Queue[Message], malformed: list[bytes]) -> None:
         self.inbox = inbox
+        self.malformed = malformed
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
-        if data.strip(b"\r\n"):
+        if not data.strip(b"\r\n"):
+            return
+        try:
             self.inbox.put_nowait(parse_message(data))
+        except SipParseError:
+            self.malformed.append(data)  # kept for the test to assert on
 
 
 class SipClient:
@@ -40,6 +53,7 @@ class SipClient:
         self.transport_name = transport_name
         self.server = server
         self.inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self.malformed: list[bytes] = []  # datagrams from the server that did not parse
         self.local: tuple[str, int] = ("127.0.0.1", 0)
         self.call_id = secrets.token_hex(8)
         self.from_tag = secrets.token_hex(4)
@@ -56,7 +70,7 @@ class SipClient:
         loop = asyncio.get_running_loop()
         if client.transport_name == "udp":
             udp, _ = await loop.create_datagram_endpoint(
-                lambda: _Datagrams(client.inbox), local_addr=("127.0.0.1", 0)
+                lambda: _Datagrams(client.inbox, client.malformed), local_addr=("127.0.0.1", 0)
             )
             client._udp = udp
             client.local = udp.get_extra_info("sockname")[:2]

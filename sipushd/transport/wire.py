@@ -55,16 +55,22 @@ def error_response(data: bytes, status: int, reason: str) -> bytes | None:
     if not start or start.startswith(b"SIP/") or start.startswith(b"ACK ") or b"SIP/" not in start:
         return None
     fields: list[tuple[str, str]] = []
+    kept = False  # whether the previous field line was copied
     for line in lines[1:]:
         if line[:1] in (b" ", b"\t"):
             # RFC 3261 §7.3.1: folded continuation of the previous field.
-            if fields and fields[-1][0] in _REQUIRED:
+            if kept:
                 name, value = fields[-1]
                 fields[-1] = (name, value + " " + _text(line.strip()))
             continue
         raw_name, colon, raw_value = line.partition(b":")
         canonical = _COPIED.get(raw_name.strip().lower())
-        if colon and canonical is not None:
+        # Only Via may repeat; a second From/To/Call-ID/CSeq would make the 400 malformed too.
+        kept = bool(colon) and canonical is not None
+        if kept and canonical != "Via" and any(name == canonical for name, _ in fields):
+            kept = False
+        if kept:
+            assert canonical is not None
             fields.append((canonical, _text(raw_value.strip())))
     present = {name for name, _ in fields}
     if present != _REQUIRED or any(not value for _, value in fields):

@@ -158,6 +158,17 @@ def test_error_response_copies_the_dialog_headers() -> None:
     assert response.from_.tag == "a1"
 
 
+def test_error_response_to_duplicated_dialog_headers_is_well_formed() -> None:
+    # §8.2.6.2: the 400 for a request with two To fields must itself parse.
+    data = sip_request(extra="To: <sip:other@example.org>\r\nVia: SIP/2.0/UDP 192.0.2.9\r\n")
+    raw = error_response(data, 400, "Duplicate To")
+    assert raw is not None
+    response = parse_message(raw)
+    assert isinstance(response, Response)
+    assert response.headers.get_all("To") == [response.headers.get("To")]
+    assert len(response.vias) == 2  # every Via is copied
+
+
 @pytest.mark.parametrize(
     "data",
     [

@@ -588,7 +588,12 @@ class ProxyCore:
     ) -> None:
         destination = self._dialog_destination(request, source, flows)
         if destination is None:
-            self.server.reply(key, request, 404, "No Route To Target")
+            if self.is_local(request.uri) and not request.routes:
+                # A GRUU remote target (Linphone's Contact) whose flow token did not
+                # help: ask the location service (RFC 5627 §5.3).
+                self._spawn(self._to_local(self._context(request, source, key)))
+            else:
+                self.server.reply(key, request, 404, "No Route To Target")
             return
         context = self._context(request, source, key)
         forwarded = forward_request(

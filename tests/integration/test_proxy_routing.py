@@ -150,3 +150,21 @@ async def test_stray_2xx_retransmission_is_forwarded_statelessly(tmp_path: Path)
         assert [v.branch for v in got.vias] == ["z9hG4bKa1"]
         await alice.close()
         await bob.close()
+
+
+@pytest.mark.asyncio
+async def test_in_dialog_request_to_a_gruu_without_route_reaches_the_phone(tmp_path: Path) -> None:
+    async with running(config(tmp_path)) as (daemon, _):
+        bob = await phone(daemon)
+        assert (await register(bob, uuid=14)).status == 200
+        alice = await phone(daemon, "udp")
+        gruu = "sip:bob@example.org;gr=urn:uuid:00000000-0000-0000-0000-000000000014"
+        bye = alice.build("BYE", gruu, from_="sip:alice@example.net")
+        alice.send(bye.replace(headers=bye.headers.set("To", "<sip:bob@example.org>;tag=t1")))
+        got = await bob.next_request("BYE")
+        # RFC 5627 §5.3: the GRUU is retargeted to the instance's registered Contact.
+        assert got.uri.port == bob.local[1] and got.call_id == bye.call_id
+        answer(bob, got, 200, tag="t1")
+        assert (await alice.final_response()).status == 200
+        await bob.close()
+        await alice.close()

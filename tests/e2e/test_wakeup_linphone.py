@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -57,9 +57,9 @@ def _kill_group(pgid_file: Path) -> None:
         os.killpg(int(pgid_file.read_text().strip()), signal.SIGKILL)
 
 
-def _wait_for(predicate: object, what: str, timeout: float = 10.0) -> None:
+def _wait_for(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
+    while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from sipushd import metrics
 from sipushd.core.payload import PushKind, PushService
 from sipushd.core.proxy import CALL_COMPLETED_ELSEWHERE
 from sipushd.sip import Request, Response
@@ -75,10 +76,15 @@ async def test_held_invite_is_forked_once_to_the_phone_that_registers_after_the_
         assert push.caller_uri == "sip:alice@example.net"
         statuses = [(await alice.receive()).status for _ in range(2)]  # type: ignore[union-attr]
         assert 110 in statuses
+        assert daemon.proxy is not None
+        (held,) = daemon.proxy.held()
+        assert held["call_id"] == call.call_id and held["aor"] == "sip:bob@example.org"
+        wakeups_before = metrics.WAKEUPS.labels(provider="apns")._value.get()
         awake = await phone(daemon)
         assert (await register(awake, params=VOIP_PARAMS, uuid=1)).status == 200
         forwarded = await awake.next_request("INVITE")
         assert forwarded.call_id == call.call_id
+        assert metrics.WAKEUPS.labels(provider="apns")._value.get() == wakeups_before + 1
         # A refresh shortly after must not fork the same INVITE again.
         assert (await register(awake, params=VOIP_PARAMS, uuid=1)).status == 200
         assert await no_request(awake, "INVITE")

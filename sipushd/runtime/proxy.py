@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Collection, Coroutine
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import structlog
@@ -54,6 +54,7 @@ from sipushd.push.base import PushResult
 from sipushd.runtime.authgate import AuthGate
 from sipushd.runtime.engine import Engine
 from sipushd.runtime.forking import Branch, ForwardContext
+from sipushd.runtime.held import HeldCall, Wakeup, device_id
 from sipushd.runtime.server import ServerCore
 from sipushd.sip import Endpoint, Request, Response, SipParseError, SipUri, make_response
 from sipushd.sip.transaction import TransactionError, TransactionKey
@@ -94,47 +95,6 @@ class ProxySettings:
     push_mode: str = "always"
     push_delay: float = 2.0
     upstream: SipUri | None = None
-
-
-@dataclass(eq=False)
-class Wakeup:
-    """One device pushed for a held INVITE, and how its wake-up went (loop times)."""
-
-    binding: Binding
-    push: PushRequest
-    pushed_at: float
-    state: str = "pushing"  # pushing -> pushed -> registered; or failed
-    registered_at: float | None = None
-    forwarded_at: float | None = None
-    answered: int | None = None
-
-    @property
-    def waiting(self) -> bool:
-        """True while the device may still register."""
-        return self.state in ("scheduled", "pushing", "pushed")
-
-
-@dataclass(eq=False)
-class HeldCall:
-    """An INVITE to a local AOR with pushed devices (RFC 8599 §5.6.2)."""
-
-    context: ForwardContext
-    aor: str
-    started: float
-    wakeups: dict[str, Wakeup] = field(default_factory=dict)
-    forked: dict[str, Branch] = field(default_factory=dict)
-    timer: asyncio.TimerHandle | None = None
-    cancelled: bool = False
-    held: bool = False
-
-    def waiting(self) -> bool:
-        """True while a pushed device may still register (keeps the call open)."""
-        return any(w.waiting for w in self.wakeups.values())
-
-
-def device_id(binding: Binding) -> str:
-    """One device: its instance id, else its binding key."""
-    return binding.instance or binding.key
 
 
 class ProxyCore:
@@ -187,25 +147,7 @@ class ProxyCore:
     def held(self) -> list[dict[str, object]]:
         """The held INVITEs and their pushed devices (for the admin API)."""
         now = self._loop.time()
-        return [
-            {
-                "call_id": call.context.request.call_id,
-                "aor": call.aor,
-                "age": round(now - call.started, 3),
-                "cancelled": call.cancelled,
-                "devices": [
-                    {
-                        "instance": w.binding.instance,
-                        "provider": w.push.provider,
-                        "service": w.push.service.value,
-                        "state": w.state,
-                    }
-                    for w in call.wakeups.values()
-                ],
-            }
-            for calls in self._held.values()
-            for call in calls
-        ]
+        return [call.view(now) for calls in self._held.values() for call in calls]
 
     # --- requests --------------------------------------------------------------------
 
@@ -317,7 +259,7 @@ class ProxyCore:
         if ended_early:
             # Devices still waking up: "missed call" / "accepted elsewhere" alerts.
             self._missed_call_pushes(call, context.cancel_reason)
-        if not (ended_early and self._voip_waiting(call)):
+        if not (ended_early and call.voip_waiting()):
             self._end_call(call)
 
     def fork_to_bindings(self, context: ForwardContext, bindings: Collection[Binding]) -> None:
@@ -480,7 +422,7 @@ class ProxyCore:
             metrics.WAKEUP_LATENCY.labels(provider=provider).observe(
                 wakeup.registered_at - wakeup.pushed_at
             )
-        if late and not self._voip_waiting(call):
+        if late and not call.voip_waiting():
             self._end_call(call)
 
     def _branch_event(self, call: HeldCall) -> Callable[[Branch, Response | None], None]:
@@ -493,9 +435,6 @@ class ProxyCore:
                     wakeup.state = "answered"
 
         return event
-
-    def _voip_waiting(self, call: HeldCall) -> bool:
-        return any(w.waiting and w.push.service is PushService.VOIP for w in call.wakeups.values())
 
     def _timeout(self, call: HeldCall) -> None:
         """routing.call_timeout: nobody answered; 480 or the best response (§16.7)."""
@@ -517,30 +456,8 @@ class ProxyCore:
             return
         if call.held:
             metrics.HELD_REQUESTS.labels(method="INVITE").dec()
-        self._log_story(call)
-
-    def _log_story(self, call: HeldCall) -> None:
-        """One line per woken device: pushed -> registered -> forwarded -> answered."""
-
-        def ms(at: float | None, since: float) -> float | None:
-            return None if at is None else round((at - since) * 1000, 1)
-
-        final = call.context.final
-        for wakeup in call.wakeups.values():
-            log.info(
-                "wake-up",
-                call_id=call.context.request.call_id,
-                aor=call.aor,
-                instance=wakeup.binding.instance,
-                provider=wakeup.push.provider,
-                service=wakeup.push.service.value,
-                push=wakeup.state,
-                registered_ms=ms(wakeup.registered_at, wakeup.pushed_at),
-                forwarded_ms=ms(wakeup.forwarded_at, wakeup.pushed_at),
-                answered=wakeup.answered,
-                caller_got=final.status if final is not None else None,
-                cancelled=call.cancelled,
-            )
+        for fields in call.story():
+            log.info("wake-up", **fields)
 
     # --- CANCEL, in-dialog, ACK, stray responses -------------------------------------
 

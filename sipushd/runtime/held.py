@@ -1,0 +1,103 @@
+"""The state of one held INVITE (RFC 8599 §5.6.2): its pushed devices and their wake-up story.
+
+Plain mutable records owned by `ProxyCore`; times are event-loop seconds. A device is
+one `+sip.instance` (else one binding key): it is pushed once, and the held INVITE is
+forked to it once, whatever number of REGISTERs it sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from sipushd.core.binding import Binding
+from sipushd.core.payload import PushRequest, PushService
+from sipushd.runtime.forking import Branch, ForwardContext
+
+
+def device_id(binding: Binding) -> str:
+    """One device: its instance id, else its binding key."""
+    return binding.instance or binding.key
+
+
+@dataclass(eq=False)
+class Wakeup:
+    """One device pushed for a held INVITE, and how its wake-up went."""
+
+    binding: Binding
+    push: PushRequest
+    pushed_at: float
+    # scheduled -> pushing -> pushed -> registered; or failed / answered
+    state: str = "pushing"
+    registered_at: float | None = None
+    forwarded_at: float | None = None
+    answered: int | None = None
+
+    @property
+    def waiting(self) -> bool:
+        """True while the device may still register."""
+        return self.state in ("scheduled", "pushing", "pushed")
+
+
+@dataclass(eq=False)
+class HeldCall:
+    """An INVITE to a local AOR whose devices may be woken by a push."""
+
+    context: ForwardContext
+    aor: str
+    started: float
+    wakeups: dict[str, Wakeup] = field(default_factory=dict)
+    forked: dict[str, Branch] = field(default_factory=dict)
+    timer: asyncio.TimerHandle | None = None
+    cancelled: bool = False
+    held: bool = False
+
+    def waiting(self) -> bool:
+        """True while a pushed device may still register (keeps the call open)."""
+        return any(w.waiting for w in self.wakeups.values())
+
+    def voip_waiting(self) -> bool:
+        """True while a device woken by a VoIP push may still register."""
+        return any(w.waiting and w.push.service is PushService.VOIP for w in self.wakeups.values())
+
+    def view(self, now: float) -> dict[str, object]:
+        """A JSON-ready summary (admin API)."""
+        return {
+            "call_id": self.context.request.call_id,
+            "aor": self.aor,
+            "age": round(now - self.started, 3),
+            "cancelled": self.cancelled,
+            "devices": [
+                {
+                    "instance": w.binding.instance,
+                    "provider": w.push.provider,
+                    "service": w.push.service.value,
+                    "state": w.state,
+                }
+                for w in self.wakeups.values()
+            ],
+        }
+
+    def story(self) -> list[dict[str, object]]:
+        """One log record per device: pushed -> registered -> forwarded -> answered (ms)."""
+
+        def ms(at: float | None, since: float) -> float | None:
+            return None if at is None else round((at - since) * 1000, 1)
+
+        final = self.context.final
+        return [
+            {
+                "call_id": self.context.request.call_id,
+                "aor": self.aor,
+                "instance": w.binding.instance,
+                "provider": w.push.provider,
+                "service": w.push.service.value,
+                "push": w.state,
+                "registered_ms": ms(w.registered_at, w.pushed_at),
+                "forwarded_ms": ms(w.forwarded_at, w.pushed_at),
+                "answered": w.answered,
+                "caller_got": final.status if final is not None else None,
+                "cancelled": self.cancelled,
+            }
+            for w in self.wakeups.values()
+        ]

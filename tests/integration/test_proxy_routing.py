@@ -168,3 +168,28 @@ async def test_in_dialog_request_to_a_gruu_without_route_reaches_the_phone(tmp_p
         assert (await alice.final_response()).status == 200
         await bob.close()
         await alice.close()
+
+
+@pytest.mark.asyncio
+async def test_chat_room_invitation_is_pushed_as_an_alert_never_voip(tmp_path: Path) -> None:
+    async with running(config(tmp_path)) as (daemon, pushes):
+        asleep = await phone(daemon)
+        assert (await register(asleep, params=VOIP_PARAMS, uuid=15)).status == 200
+        await asleep.close()
+        focus = await phone(daemon, "udp")
+        room = "sip:chat-42@conference.example.net"
+        request = focus.build(
+            "INVITE",
+            "sip:bob@example.org",
+            [
+                ("Contact", f"<sip:chat-42@{focus.local[0]}:{focus.local[1]}>;isfocus"),
+                ("Content-Type", "application/resource-lists+xml"),
+            ],
+            b"<resource-lists/>",
+            from_=room,
+        )
+        focus.send(request)
+        (push,) = await pushes.wait_for(1)
+        assert push.service is PushService.REMOTE and push.kind is PushKind.MESSAGE
+        assert push.chat_room_addr == room and push.call_id == request.call_id
+        await focus.close()

@@ -54,6 +54,7 @@ __all__ = [
     "best_response",
     "bindings_matching",
     "build_cancel",
+    "build_teardown",
     "caller_of",
     "decode_flow_token",
     "encode_flow_token",
@@ -379,6 +380,34 @@ def build_cancel(forwarded: Request, reason: str | None = None) -> Request:
     if reason:
         items.append(("Reason", reason))
     return Request("CANCEL", forwarded.uri, Headers(items))
+
+
+def build_teardown(forwarded: Request, response: Response) -> tuple[Request, Request]:
+    """ACK and BYE for a 2xx nobody can take any more (the caller already has its answer).
+
+    The proxy acts as the UAC of that dialog (§13.2.2.4, §15.1.1) so the phone does
+    not keep ringing into a call that no longer exists.
+    """
+    try:
+        target = response.contacts[0].uri if response.contacts else forwarded.uri
+    except SipParseError:
+        target = forwarded.uri
+    top = forwarded.top_via
+    seq = forwarded.cseq.seq
+    common = [
+        ("Max-Forwards", str(DEFAULT_MAX_FORWARDS)),
+        ("From", forwarded.headers.get("From") or ""),
+        ("To", response.headers.get("To") or ""),
+        ("Call-ID", forwarded.call_id),
+    ]
+
+    def request(method: str, cseq: int, extra: list[tuple[str, str]]) -> Request:
+        via = top.with_param("branch", new_branch(forwarded))
+        items = [("Via", str(via)), *common, ("CSeq", f"{cseq} {method}"), *extra]
+        return Request(method, target, Headers(items))
+
+    reason = [("Reason", 'SIP;cause=487;text="Call already ended"')]
+    return request("ACK", seq, []), request("BYE", seq + 1, reason)
 
 
 # --- §16.7 response processing ------------------------------------------------------------

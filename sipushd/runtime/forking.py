@@ -21,6 +21,7 @@ from sipushd.core.proxy import (
     CALL_COMPLETED_ELSEWHERE,
     best_response,
     build_cancel,
+    build_teardown,
     response_upstream,
 )
 from sipushd.runtime.engine import Engine
@@ -50,6 +51,7 @@ class Branch:
     cancel_reason: str | None = None
     cancel_wanted: bool = False
     cancel_sent: bool = False
+    torn_down: bool = False
     on_event: Callable[[Branch, Response | None], None] | None = None
 
     def __post_init__(self) -> None:
@@ -168,8 +170,8 @@ class ForwardContext:
 
     def _answered(self, branch: Branch, upstream: Response) -> None:
         if self.finished and not self.answered:
-            # A 2xx on a branch opened after the caller got its final response.
-            log.warning("2xx after the final response", call_id=self.request.call_id)
+            # The caller already has a non-2xx final response: end the phone's dialog.
+            self._tear_down(branch, upstream)
             return
         # §16.7 step 5: every 2xx is forwarded; §16.7 step 10: the other branches lose.
         self.engine.respond(self.key, upstream)
@@ -182,6 +184,17 @@ class ForwardContext:
                 self.cancel_reason = CALL_COMPLETED_ELSEWHERE
             self.cancel_all(self.cancel_reason)
             self._finished()
+
+    def _tear_down(self, branch: Branch, response: Response) -> None:
+        ack, bye = build_teardown(branch.request, response)
+        requests = [ack] if branch.torn_down else [ack, bye]
+        branch.torn_down = True
+        log.info("2xx after the final response: ACK and BYE", call_id=self.request.call_id)
+        for request in requests:
+            try:
+                self.engine.send_request(request, branch.destination, None)
+            except (TransactionError, TransportError, ValueError) as exc:
+                log.info("teardown not sent", call_id=request.call_id, error=str(exc))
 
     def branch_failed(self, branch: Branch, status: int) -> None:
         """No final response came: a timeout (408) or a transport failure (0)."""

@@ -193,3 +193,32 @@ async def test_chat_room_invitation_is_pushed_as_an_alert_never_voip(tmp_path: P
         assert push.service is PushService.REMOTE and push.kind is PushKind.MESSAGE
         assert push.chat_room_addr == room and push.call_id == request.call_id
         await focus.close()
+
+
+@pytest.mark.asyncio
+async def test_a_late_phone_that_answers_gets_ack_and_bye(tmp_path: Path) -> None:
+    async with running(config(tmp_path)) as (daemon, pushes):
+        asleep = await phone(daemon)
+        assert (await register(asleep, params=VOIP_PARAMS, uuid=16)).status == 200
+        await asleep.close()
+        alice = await phone(daemon, "udp")
+        call = invite(alice)
+        alice.send(call)
+        await pushes.wait_for(1)
+        cancel = call.replace(
+            method="CANCEL",
+            headers=call.headers.set("CSeq", f"{call.cseq.seq} CANCEL").remove("Content-Type"),
+            body=b"",
+        )
+        alice.send(cancel)
+        assert {(await alice.final_response()).status for _ in range(2)} == {200, 487}
+        woken = await phone(daemon)
+        assert (await register(woken, params=VOIP_PARAMS, uuid=16)).status == 200
+        late = await woken.next_request("INVITE")
+        answer(woken, late, 200, tag="too-late")  # answered before the CANCEL could come
+        ack = await woken.next_request("ACK")
+        bye = await woken.next_request("BYE")
+        assert ack.to.tag == bye.to.tag == "too-late"
+        assert bye.cseq.seq == late.cseq.seq + 1 and bye.call_id == call.call_id
+        await woken.close()
+        await alice.close()

@@ -39,6 +39,7 @@ from sipushd.runtime.authgate import AuthGate
 from sipushd.runtime.engine import Engine
 from sipushd.runtime.messages import MessageService
 from sipushd.runtime.proxy import ProxyCore, ProxySettings
+from sipushd.runtime.refresh import RefreshPusher
 from sipushd.runtime.registrar import RegistrarService
 from sipushd.runtime.server import RequestHandler, ServerCore
 from sipushd.sip import Endpoint, Request, SipParseError, SipUri, parse_uri
@@ -76,6 +77,7 @@ class Daemon:
         self.admin: AdminServer | None = None
         self.stopping = False
         self._housekeeping: asyncio.Task[None] | None = None
+        self._refresh: asyncio.Task[None] | None = None
         self._retired: set[asyncio.Task[None]] = set()
         self._tls: ssl.SSLContext | None = None
 
@@ -148,6 +150,8 @@ class Daemon:
             await store.subscribe(proxy.on_registered)
         messages.start()
         self._housekeeping = asyncio.create_task(self._purge_expired())
+        # RFC 8599 §5.5: background pushes before expiry for phones without +sip.pnsreg.
+        self._refresh = asyncio.create_task(RefreshPusher(store, self.dispatcher).run())
         self._tls = tls = self._tls_context()
         for spec in sip.listen:
             context = tls if spec.transport == "tls" else None
@@ -276,10 +280,11 @@ class Daemon:
                 _refuse_new_work(self.server)
             await self._drain(self.config.shutdown_grace if grace is None else grace)
             self.engine.close()  # from here on every new request is dropped
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._housekeeping
+        for task in (self._housekeeping, self._refresh):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.registrar is not None:
             await self.registrar.close()
         if self.proxy is not None:

@@ -12,7 +12,8 @@ Pure: no clock, no I/O. The runtime asks, in order:
   token, our Via with a fresh z9hG4bK branch whose first part is the loop hash.
 - `best_response` (§16.7 step 6), `response_upstream` (step 3), `build_cancel`
   (§9.1, with RFC 3326 Reason) for the response context.
-- `push_requests_for` (RFC 8599 §5.6.2): the pushes that wake a binding.
+- `push_requests_for` (RFC 8599 §5.6.2): the pushes that wake a binding;
+  `refresh_due` / `refresh_push_for` (§5.5): binding-refresh pushes.
 
 A flow token is `base64url(caller|callee endpoints).hmac`: it lets an
 in-dialog request reach a phone over its own connection (RFC 5626 §5.3)
@@ -47,6 +48,7 @@ __all__ = [
     "CALL_COMPLETED_ELSEWHERE",
     "DEFAULT_MAX_FORWARDS",
     "DEFAULT_PORTS",
+    "REFRESH_LEAD",
     "DialogFlows",
     "ForwardTarget",
     "LocalAddress",
@@ -65,6 +67,8 @@ __all__ = [
     "loop_hash",
     "new_branch",
     "push_requests_for",
+    "refresh_due",
+    "refresh_push_for",
     "remove_top_via",
     "response_upstream",
     "same_endpoint",
@@ -519,6 +523,43 @@ def push_requests_for(
             instance=binding.gr or "",
         )
     ]
+
+
+# RFC 8599 §5.5: how long before expiry a device that cannot refresh on its own is woken.
+REFRESH_LEAD = 150.0
+
+
+def refresh_due(binding: Binding, now: float, lead: float = REFRESH_LEAD) -> bool:
+    """True when `binding` needs a binding-refresh push now (RFC 8599 §5.5).
+
+    Only for push bindings whose UA did not say it refreshes by itself (`+sip.pnsreg`),
+    within `lead` seconds of expiry (half the lifetime for short registrations), and
+    never once expired.
+    """
+    if binding.push is None or binding.pnsreg or binding.expired(now):
+        return False
+    window = min(lead, (binding.expires_at - binding.updated_at) / 2)
+    return binding.expires_at - now <= window
+
+
+def refresh_push_for(binding: Binding) -> PushRequest | None:
+    """The background (APNs) / data (FCM) push that makes the app re-register."""
+    target = binding.push
+    if target is None or target.provider not in ("apns", "fcm"):
+        return None
+    token = target.remote_token
+    if token is None:
+        return None  # a VoIP token may only carry calls (PUSH-PROTOCOLS.md)
+    return PushRequest(
+        kind=PushKind.REFRESH,
+        provider=target.provider,
+        token=token,
+        app_id=target.app_id,
+        deadline=binding.expires_at,
+        team_id=target.team_id,
+        sandbox=target.sandbox,
+        instance=binding.gr or "",
+    )
 
 
 def bindings_matching(registered: Binding, held: Iterable[Binding]) -> list[Binding]:

@@ -296,9 +296,14 @@ class ProxyCore:
 
     def _to_upstream(self, request: Request, source: Endpoint, key: TransactionKey) -> None:
         upstream = self.settings.upstream
-        hop = uri_destination(upstream) if upstream is not None else None
-        if upstream is None or hop is None:
+        if upstream is None:
             self.server.reply(key, request, 403, "Relaying Denied")
+            return
+        hop = uri_destination(upstream)
+        if hop is None:
+            # Only IP-literal upstreams are supported (no DNS lookups, RFC 3263).
+            log.warning("upstream is not an IP address", upstream=str(upstream))
+            self.server.reply(key, request, 502, "Upstream Not Resolvable")
             return
         route = f"<{upstream.with_param('lr')}>"
         request = request.replace(headers=request.headers.remove("Proxy-Authorization"))

@@ -270,7 +270,9 @@ class ProxyCore:
                 if binding.push is None or alive or not binding.flow.reliable:
                     self.fork_to(context, binding)
 
-    def fork_to(self, context: ForwardContext, binding: Binding) -> Branch | None:
+    def fork_to(
+        self, context: ForwardContext, binding: Binding, label: str | None = None
+    ) -> Branch | None:
         """Fork `context`'s request to one binding (§16.6); None when it cannot be reached."""
         target = target_for_binding(binding, self.network.flow_alive(binding.flow))
         if target is None:
@@ -292,7 +294,7 @@ class ProxyCore:
             via=f"{target.destination.transport}:{target.destination.host}:"
             f"{target.destination.port}/{target.destination.flow}",
         )
-        return context.fork(forwarded, target.destination, device_id(binding))
+        return context.fork(forwarded, target.destination, label or device_id(binding))
 
     def _to_upstream(self, request: Request, source: Endpoint, key: TransactionKey) -> None:
         upstream = self.settings.upstream
@@ -414,7 +416,7 @@ class ProxyCore:
         ended_early = call.cancelled or context.answered
         if late and not (ended_early and wakeup.push.service is PushService.VOIP):
             return
-        branch = self.fork_to(context, binding)
+        branch = self.fork_to(context, binding, ident)
         if branch is None:
             context.check_done()
             return

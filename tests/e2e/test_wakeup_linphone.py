@@ -145,6 +145,7 @@ def test_killed_linphone_is_woken_by_push_and_answers(
         assert bye_status == 200
         assert '"event": "wake-up"' in log
         assert '"push": "registered"' in log
+        assert '"answered": 200' in log
     finally:
         _kill_group(tmp_path / "linphone.pgid")
         assert sipushd.stop() == 0

@@ -222,3 +222,39 @@ async def test_a_late_phone_that_answers_gets_ack_and_bye(tmp_path: Path) -> Non
         assert bye.cseq.seq == late.cseq.seq + 1 and bye.call_id == call.call_id
         await woken.close()
         await alice.close()
+
+
+@pytest.mark.asyncio
+async def test_callee_hangs_up_and_the_bye_reaches_the_caller_over_its_connection(
+    tmp_path: Path,
+) -> None:
+    async with running(config(tmp_path)) as (daemon, _):
+        bob = await phone(daemon)
+        assert (await register(bob)).status == 200
+        alice = await phone(daemon, "tcp")
+        call = invite(alice)
+        alice.send(call)
+        forwarded = await bob.next_request("INVITE")
+        answer(bob, forwarded, 200, tag="bob")
+        assert (await alice.final_response()).status == 200
+        # §12.2.1.1: the callee's route set is the Record-Route in order.
+        routes = [("Route", v) for v in forwarded.headers.values("Record-Route")]
+        bye = bob.build(
+            "BYE",
+            str(call.contacts[0].uri),
+            routes,
+            to="sip:alice@example.net",
+            from_="sip:bob@example.org",
+        )
+        bye = bye.replace(
+            headers=bye.headers.set("From", "<sip:bob@example.org>;tag=bob").set(
+                "To", f"<sip:alice@example.net>;tag={alice.from_tag}"
+            )
+        )
+        bob.send(bye)
+        got = await alice.next_request("BYE")
+        assert got.call_id == bye.call_id and not got.routes
+        answer(alice, got, 200, tag=alice.from_tag)
+        assert (await bob.final_response()).status == 200
+        await bob.close()
+        await alice.close()

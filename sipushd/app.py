@@ -454,6 +454,7 @@ def proxy_settings(config: Config) -> ProxySettings:
         push_mode=push.mode,
         push_delay=push.delay,
         upstream=upstream,
+        call_remote_push_interval=push.call_remote_push_interval,
     )
 
 

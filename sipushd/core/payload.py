@@ -82,7 +82,10 @@ class PushRequest:
 
     ``provider`` is "apns" or "fcm"; ``app_id`` the bundle id (APNs) or the
     Firebase project id (FCM); ``deadline`` the UNIX time after which the push
-    is useless (call timeout, message delivery, binding expiry).
+    is useless (call timeout, message delivery, binding expiry). ``sequence``
+    numbers repeats of one push (0: the first): a repeated ringing alert is a new
+    push to the provider under the same collapse id, so the phone updates the
+    notification it shows instead of stacking another one.
     """
 
     kind: PushKind
@@ -100,6 +103,7 @@ class PushRequest:
     instance: str = ""
     collapse_id: str | None = None
     cancel_reason: str | None = None
+    sequence: int = 0
 
 
 @dataclass(frozen=True)

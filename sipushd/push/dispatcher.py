@@ -4,8 +4,10 @@
 resolves to a ``PushResult``. A push is retried after a ``TemporaryPushError``
 with exponential backoff (first retry after ~0.1-0.2 s, or the provider's
 Retry-After if longer) but never past its deadline: a ringing call cannot
-wait. The same push (kind + Call-ID + token) submitted again before its
-deadline is sent once; the duplicate gets the first one's result.
+wait. The same push (kind + Call-ID + token + sequence) submitted again
+before its deadline is sent once; the duplicate gets the first one's result.
+A deliberate repeat (a ringing alert sent again) carries the next
+``sequence`` and is sent. ``full`` tells the server core to shed new calls.
 
 Counters live in ``stats``; ``on_result`` sees every result (for metrics)
 and ``on_dead_token`` every dead token (for the registrar to drop it).
@@ -39,7 +41,7 @@ log = structlog.get_logger("sipushd.push")
 
 DeadTokenHook = Callable[[PushRequest, PushResult], Awaitable[None] | None]
 ResultHook = Callable[[PushRequest, PushResult], None]
-_DedupKey = tuple[str, str, str, str]
+_DedupKey = tuple[str, str, str, str, int]
 
 
 @dataclass
@@ -137,6 +139,11 @@ class Dispatcher:
             self._remember(key, future, request.deadline)
         return future
 
+    @property
+    def full(self) -> bool:
+        """True while the queue holds ``max_queue`` pushes (new ones would be refused)."""
+        return self.stats.in_flight >= self.settings.max_queue
+
     async def push(self, request: PushRequest) -> PushResult:
         """Submit and wait for the result."""
         return await asyncio.shield(self.submit(request))
@@ -146,14 +153,20 @@ class Dispatcher:
             return "stopped"
         if provider is None:
             return "no_provider"
-        if self.stats.in_flight >= self.settings.max_queue:
+        if self.full:
             return "queue_full"
         return ""
 
     def _dedup_key(self, request: PushRequest) -> _DedupKey | None:
         if not self.settings.deduplicate or not request.call_id:
             return None
-        return (request.kind.value, request.call_id, request.provider, request.token)
+        return (
+            request.kind.value,
+            request.call_id,
+            request.provider,
+            request.token,
+            request.sequence,
+        )
 
     def _remember(
         self, key: _DedupKey, future: asyncio.Future[PushResult], deadline: float

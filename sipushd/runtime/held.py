@@ -11,7 +11,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from sipushd.core.binding import Binding
-from sipushd.core.payload import PushRequest, PushService
+from sipushd.core.payload import PushKind, PushRequest, PushService
 from sipushd.runtime.forking import Branch, ForwardContext
 
 
@@ -32,11 +32,28 @@ class Wakeup:
     registered_at: float | None = None
     forwarded_at: float | None = None
     answered: int | None = None
+    repeats: int = 0  # ringing alerts sent again (push.call_remote_push_interval)
 
     @property
     def waiting(self) -> bool:
         """True while the device may still register."""
         return self.state in ("scheduled", "pushing", "pushed")
+
+    @property
+    def rings_by_alert(self) -> bool:
+        """True while an iOS device without a VoIP token is rung by alert pushes.
+
+        Only those pushes are repeated: every VoIP push must be reported to CallKit
+        as a new call (PUSH-PROTOCOLS.md), and FCM data messages wake an app that rings
+        by itself.
+        """
+        push = self.push
+        return (
+            self.state in ("pushing", "pushed")
+            and push.provider == "apns"
+            and push.kind is PushKind.CALL
+            and push.service is PushService.REMOTE
+        )
 
 
 @dataclass(eq=False)
@@ -49,12 +66,20 @@ class HeldCall:
     wakeups: dict[str, Wakeup] = field(default_factory=dict)
     forked: dict[str, Branch] = field(default_factory=dict)
     timer: asyncio.TimerHandle | None = None
+    repeat: asyncio.TimerHandle | None = None
     cancelled: bool = False
     held: bool = False
 
     def waiting(self) -> bool:
         """True while a pushed device may still register (keeps the call open)."""
         return any(w.waiting for w in self.wakeups.values())
+
+    def stop_timers(self) -> None:
+        """Cancel the call timeout and the repeated ringing alerts."""
+        for handle in (self.timer, self.repeat):
+            if handle is not None:
+                handle.cancel()
+        self.timer = self.repeat = None
 
     def voip_waiting(self) -> bool:
         """True while a device woken by a VoIP push may still register."""

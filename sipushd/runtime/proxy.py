@@ -95,6 +95,8 @@ class ProxySettings:
     push_mode: str = "always"
     push_delay: float = 2.0
     upstream: SipUri | None = None
+    # push.call_remote_push_interval: ring iOS alert-push devices again (None: once).
+    call_remote_push_interval: float | None = None
 
 
 class ProxyCore:
@@ -255,6 +257,9 @@ class ProxyCore:
         call = self._calls.get(context.key)
         if call is None:
             return
+        if call.repeat is not None:
+            call.repeat.cancel()
+            call.repeat = None
         ended_early = call.cancelled or context.answered
         if ended_early:
             # Devices still waking up: "missed call" / "accepted elsewhere" alerts.
@@ -337,8 +342,11 @@ class ProxyCore:
                 self.engine.respond(context.key, make_response(context.request, 110, "Push sent"))
         if context.finished:
             self._end_call(call)
-        else:
-            call.timer = self._loop.call_later(self.settings.call_timeout, self._timeout, call)
+            return
+        call.timer = self._loop.call_later(self.settings.call_timeout, self._timeout, call)
+        interval = self.settings.call_remote_push_interval
+        if interval and any(w.push.service is PushService.REMOTE for w in call.wakeups.values()):
+            call.repeat = self._loop.call_later(interval, self._ring_again, call, interval)
 
     def _fork_or_push(self, call: HeldCall, bindings: list[Binding], deadline: float) -> None:
         context = call.context
@@ -390,6 +398,25 @@ class ProxyCore:
         if not delivered:
             # A push that failed is a failed branch: this device will not register.
             call.context.check_done()
+
+    def _ring_again(self, call: HeldCall, interval: float) -> None:
+        """Repeat the IC_MSG alert of devices still ringing by alert push.
+
+        The repeat keeps the Call-ID as apns-collapse-id, so iOS replaces the
+        notification; its `sequence` makes it a new push for the dispatcher.
+        """
+        call.repeat = None
+        if call.context.finished:
+            return
+        ringing = [w for w in call.wakeups.values() if w.rings_by_alert]
+        for wakeup in ringing:
+            branch = call.forked.get(device_id(wakeup.binding))
+            if branch is not None and branch.provisional and not branch.done:
+                continue  # it rings over SIP already
+            wakeup.repeats += 1
+            self.pushes.submit(replace(wakeup.push, sequence=wakeup.repeats))
+        if ringing:
+            call.repeat = self._loop.call_later(interval, self._ring_again, call, interval)
 
     def on_registered(self, binding: Binding) -> None:
         """Registrar listener: a device registered; fork held INVITEs to it (once)."""
@@ -450,9 +477,7 @@ class ProxyCore:
         self._end_call(call)
 
     def _end_call(self, call: HeldCall) -> None:
-        if call.timer is not None:
-            call.timer.cancel()
-            call.timer = None
+        call.stop_timers()
         calls = self._held.get(call.aor)
         if calls is not None:
             calls.discard(call)
@@ -581,7 +606,6 @@ class ProxyCore:
     async def close(self) -> None:
         """Stop timers and wait for requests in progress."""
         for call in list(self._calls.values()):
-            if call.timer is not None:
-                call.timer.cancel()
+            call.stop_timers()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -74,6 +74,14 @@ def test_call_without_voip_token_is_an_alert_collapsed_on_call_id() -> None:
     assert "mutable-content" not in aps
 
 
+def test_a_repeated_ringing_alert_keeps_the_collapse_id_and_payload() -> None:
+    first = build_apns(request(), NOW)
+    repeat = build_apns(request(sequence=2), NOW)
+    assert repeat.collapse_id == first.collapse_id == "call-1@example.org"
+    assert repeat.payload == first.payload
+    assert build_fcm(request(sequence=2), NOW).collapse_key == "call-1@example.org"
+
+
 def test_caller_uri_stands_in_for_a_missing_display_name() -> None:
     push = build_apns(request(caller_display=""), NOW)
     assert push.payload["aps"]["alert"]["loc-args"] == ["sip:alice@example.org"]

@@ -283,6 +283,34 @@ async def test_duplicates_share_one_push(make: Callable[..., Dispatcher]) -> Non
 
 
 @pytest.mark.asyncio
+async def test_a_repeat_with_the_next_sequence_is_sent_and_deduplicated_itself(
+    make: Callable[..., Dispatcher],
+) -> None:
+    provider = FakeProvider()
+    dispatcher = make(provider)
+    await dispatcher.start()
+    await dispatcher.push(push())
+    await dispatcher.push(push(sequence=1))
+    await dispatcher.push(push(sequence=1))  # the same repeat twice: sent once
+    assert [request.sequence for request, _ in provider.calls] == [0, 1]
+    assert dispatcher.stats.deduplicated == 1
+
+
+@pytest.mark.asyncio
+async def test_full_while_the_queue_is_at_max_queue(make: Callable[..., Dispatcher]) -> None:
+    provider = FakeProvider()
+    provider.gate = asyncio.Event()
+    dispatcher = make(provider, DispatcherSettings(max_queue=1))
+    await dispatcher.start()
+    assert not dispatcher.full
+    pending = dispatcher.submit(push())
+    assert dispatcher.full
+    provider.gate.set()
+    await pending
+    assert not dispatcher.full
+
+
+@pytest.mark.asyncio
 async def test_duplicate_after_the_deadline_is_sent_again(make: Callable[..., Dispatcher]) -> None:
     provider = FakeProvider()
     dispatcher = make(provider)

@@ -7,10 +7,15 @@ RFC 3326 Reason), and, when every branch is done and nothing else holds the
 context open (a phone still waking up), sends the best final response
 (§16.7 step 6). CANCEL is only sent on a branch after it answered
 provisionally (§9.1); until then it is remembered.
+
+Timer C (§16.6 step 11, §16.8) runs on every INVITE branch and restarts on each
+provisional response: when it fires, a branch that answered provisionally is
+CANCELled, and either way it counts as a 408 for the best response.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -53,6 +58,7 @@ class Branch:
     cancel_sent: bool = False
     torn_down: bool = False
     on_event: Callable[[Branch, Response | None], None] | None = None
+    timer_c: asyncio.TimerHandle | None = None
 
     def __post_init__(self) -> None:
         self.key = client_key(self.request)
@@ -87,6 +93,7 @@ class ForwardContext:
         *,
         holding: Callable[[], bool] = _never,
         on_finished: Callable[[ForwardContext], None] | None = None,
+        timer_c: float | None = None,
     ) -> None:
         self.engine = engine
         self.request = request
@@ -100,6 +107,7 @@ class ForwardContext:
         self.on_finished = on_finished
         self.to_tag = new_tag()
         self.cancel_reason: str | None = None  # the caller's CANCEL Reason (RFC 3326)
+        self.timer_c = timer_c  # seconds, > 3 min in production (§16.6 step 11)
         self._starting = 0
 
     @property
@@ -141,16 +149,56 @@ class ForwardContext:
             branch.status = 0
         finally:
             self._starting -= 1
+        self._start_timer_c(branch)
         self.check_done()
         return branch
+
+    # --- Timer C (§16.6 step 11, §16.8) ----------------------------------------------
+
+    def _start_timer_c(self, branch: Branch) -> None:
+        """(Re)start Timer C of an INVITE branch still waiting for its final response."""
+        self._stop_timer_c(branch)
+        if self.timer_c is None or branch.done or branch.request.method != "INVITE":
+            return
+        loop = asyncio.get_running_loop()
+        branch.timer_c = loop.call_later(self.timer_c, self._timer_c_fired, branch)
+
+    @staticmethod
+    def _stop_timer_c(branch: Branch) -> None:
+        if branch.timer_c is not None:
+            branch.timer_c.cancel()
+            branch.timer_c = None
+
+    def _timer_c_fired(self, branch: Branch) -> None:
+        """§16.8: CANCEL a branch that rang too long; the branch counts as a 408."""
+        branch.timer_c = None
+        if branch.done:
+            return
+        log.info("Timer C fired", call_id=self.request.call_id, provisional=branch.provisional)
+        if not branch.cancel_wanted:
+            branch.cancel_wanted = True
+            if branch.provisional:
+                self._send_cancel(branch)
+        self.branch_failed(branch, 408)
+
+    def stop_timers(self) -> None:
+        """Cancel the Timer C of every branch (the daemon is stopping)."""
+        for branch in self.branches:
+            self._stop_timer_c(branch)
 
     def branch_response(self, branch: Branch, response: Response) -> None:
         """§16.7: a response arrived on `branch`."""
         if branch.done and response.status < 200:
+            if branch.cancel_wanted and not branch.cancel_sent:
+                self._send_cancel(branch)  # Timer C fired before this provisional (§9.1)
             return
+        if branch.done and response.status >= 300:
+            return  # the branch ended already (Timer C): its 487 changes nothing
         upstream = response_upstream(response)
         if response.status < 200:
             branch.provisional = True
+            if response.status > 100:
+                self._start_timer_c(branch)  # §16.7 step 2: reset by 101-199
             if branch.cancel_wanted and not branch.cancel_sent:
                 self._send_cancel(branch)
             elif response.status > 100 and not self.finished:
@@ -159,6 +207,7 @@ class ForwardContext:
             self._notify(branch, response)
             return
         branch.status = response.status
+        self._stop_timer_c(branch)
         self._notify(branch, response)
         if 200 <= response.status < 300:
             self._answered(branch, upstream)
@@ -201,6 +250,7 @@ class ForwardContext:
         if branch.done:
             return
         branch.status = status
+        self._stop_timer_c(branch)
         if status and not self.finished:
             self.responses.append(make_response(self.request, status, to_tag=self.to_tag))
         self._notify(branch, None)

@@ -97,6 +97,8 @@ class ProxySettings:
     upstream: SipUri | None = None
     # push.call_remote_push_interval: ring iOS alert-push devices again (None: once).
     call_remote_push_interval: float | None = None
+    # §16.6 step 11: how long an INVITE branch may ring without a final answer (> 3 min).
+    timer_c: float | None = 180.0
 
 
 class ProxyCore:
@@ -247,7 +249,12 @@ class ProxyCore:
 
     def _context(self, request: Request, source: Endpoint, key: TransactionKey) -> ForwardContext:
         context = ForwardContext(
-            self.engine, request, source, key, on_finished=self._context_finished
+            self.engine,
+            request,
+            source,
+            key,
+            on_finished=self._context_finished,
+            timer_c=self.settings.timer_c,
         )
         self._contexts[key] = context
         return context
@@ -607,5 +614,7 @@ class ProxyCore:
         """Stop timers and wait for requests in progress."""
         for call in list(self._calls.values()):
             call.stop_timers()
+        for context in list(self._contexts.values()):
+            context.stop_timers()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)

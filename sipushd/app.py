@@ -106,6 +106,8 @@ class Daemon:
             on_result=_count_push,
         )
         await self.dispatcher.start()
+        dispatcher = self.dispatcher
+        server.overload_checks.append(lambda: dispatcher.full)
         gate = auth_gate(self.config)
         self.registrar = RegistrarService(
             server,

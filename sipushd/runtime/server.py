@@ -8,7 +8,10 @@ Request-URIs naming a user or another host, as `is_for_us` decides) go to
 416 for a URI scheme it does not serve, 420 for an unsupported Proxy-Require (and Require,
 for requests it answers itself: a proxy ignores Require, §16.3 step 5), 483 when
 Max-Forwards is exhausted, 405 for a known method without a handler, 501 for an unknown
-method.
+method. When overloaded (more live transactions than `max_transactions`, or an
+`overload_checks` hook says so, e.g. a full push queue) a new INVITE or MESSAGE gets
+503 with Retry-After (§21.5.4) instead of work the daemon cannot finish; REGISTER,
+CANCEL, ACK and in-dialog requests still pass.
 """
 
 from __future__ import annotations
@@ -37,6 +40,11 @@ SERVED_SCHEMES = frozenset({"sip", "sips"})
 
 RequestHandler = Callable[[Request, Endpoint, TransactionKey], None]
 
+# Requests that start new work (a call, a message to store and push): shed when overloaded.
+SHED_METHODS = frozenset({"INVITE", "MESSAGE"})
+DEFAULT_MAX_TRANSACTIONS = 50_000
+DEFAULT_RETRY_AFTER = 10
+
 
 def new_tag() -> str:
     """A fresh To tag for a response sipushd generates as a UAS (§8.2.6.2)."""
@@ -58,6 +66,11 @@ class ServerCore:
         # The proxy: requests for someone else; `is_for_us` tells them apart.
         self.forward_handler: RequestHandler | None = None
         self.is_for_us: Callable[[SipUri], bool] = lambda uri: True
+        # Overload protection: live transactions allowed, other "too busy" signals.
+        self.max_transactions = DEFAULT_MAX_TRANSACTIONS
+        self.overload_checks: list[Callable[[], bool]] = []
+        self.retry_after = DEFAULT_RETRY_AFTER
+        self._shedding = False
 
     @property
     def allow(self) -> str:
@@ -95,6 +108,9 @@ class ServerCore:
         if (problem := self._check(request, local=not forward)) is not None:
             status, reason, headers = problem
             self.reply(key, request, status, reason, headers)
+            return
+        if request.method in SHED_METHODS and not _dialog(request) and self._shed():
+            self.reply(key, request, 503, headers=[("Retry-After", str(self.retry_after))])
             return
         handler = self.handlers.get(request.method)
         if forward and self.forward_handler is not None and (handler is None or _dialog(request)):
@@ -135,6 +151,25 @@ class ServerCore:
         """A response without a transaction: the proxy forwards it; otherwise dropped."""
         if self.stray_response_handler is not None:
             self.stray_response_handler(response, source)
+
+    def overloaded(self) -> bool:
+        """True when new calls and messages must wait (see the module docstring)."""
+        if len(self.engine.layer) > self.max_transactions:
+            return True
+        return any(check() for check in self.overload_checks)
+
+    def _shed(self) -> bool:
+        """`overloaded()`, logged once when shedding starts and once when it stops."""
+        overloaded = self.overloaded()
+        if overloaded != self._shedding:
+            self._shedding = overloaded
+            if overloaded:
+                log.warning(
+                    "overloaded: new INVITE / MESSAGE get 503", transactions=len(self.engine.layer)
+                )
+            else:
+                log.info("no longer overloaded")
+        return overloaded
 
     # --- checks and OPTIONS ----------------------------------------------------------
 

@@ -140,8 +140,26 @@ class Scheduler:
 
 
 class Transaction:
-    """Engine shared by the four machines: runs the table, keeps timers and messages."""
+    """Engine shared by the four machines: runs the table, keeps timers and messages.
 
+    `request` is None for a non-INVITE server transaction: nothing in its machine needs
+    the request once the TU has it, and a UDP one lives on for Timer J (64*T1, §17.2.2).
+    """
+
+    __slots__ = (
+        "_scheduler",
+        "ack",
+        "config",
+        "interval",
+        "key",
+        "last_response",
+        "peer",
+        "request",
+        "state",
+        "timers",
+    )
+
+    KEEPS_REQUEST: ClassVar[bool] = True
     TABLE: ClassVar[Table]
     ENTRY: ClassVar[Mapping[TransactionState, tuple[Timer, ...]]]
     KEEP: ClassVar[Mapping[TransactionState, frozenset[Timer]]]
@@ -158,7 +176,7 @@ class Transaction:
         scheduler: Scheduler,
     ) -> None:
         self.key = key
-        self.request = request
+        self.request: Request | None = request if self.KEEPS_REQUEST else None
         self.peer = peer
         self.config = config
         self.state: TransactionState = self.INITIAL
@@ -167,6 +185,10 @@ class Transaction:
         self.last_response: Response | None = None
         self.ack: Request | None = None
         self._scheduler = scheduler
+
+    def _request(self) -> Request:
+        assert self.request is not None, "only non-INVITE server transactions drop it"
+        return self.request
 
     @property
     def terminated(self) -> bool:
@@ -233,10 +255,10 @@ class Transaction:
             case Do.DELIVER_RESPONSE:
                 return [DeliverResponse(_response(message), self.key)]
             case Do.DELIVER_ACK:
-                return [DeliverAck(_request(message), source or self.peer)]
+                return [DeliverAck(_as_request(message), source or self.peer)]
             case Do.SEND_ACK:
                 if self.ack is None:
-                    self.ack = build_ack(self.request, _response(message))
+                    self.ack = build_ack(self._request(), _response(message))
                 return [Transmit(self.ack, self.peer, self.key)]
             case Do.SEND_RESPONSE:
                 self.last_response = _response(message)
@@ -257,7 +279,7 @@ class Transaction:
         raise AssertionError(effect)  # pragma: no cover
 
     def _retransmitted(self) -> Request | Response:
-        return self.request
+        return self._request()
 
 
 def _response(message: Request | Response | None) -> Response:
@@ -266,7 +288,7 @@ def _response(message: Request | Response | None) -> Response:
     return message
 
 
-def _request(message: Request | Response | None) -> Request:
+def _as_request(message: Request | Response | None) -> Request:
     if not isinstance(message, Request):
         raise TransactionError(f"expected a request, got {message!r}")
     return message
@@ -289,6 +311,8 @@ E = Event
 
 class InviteClientTransaction(Transaction):
     """RFC 3261 §17.1.1 with RFC 6026 §7.2: a 2xx moves to Accepted (timer M)."""
+
+    __slots__ = ()
 
     INITIAL = ICS.CALLING
     TERMINATED = ICS.TERMINATED
@@ -325,11 +349,13 @@ class InviteClientTransaction(Transaction):
 
     def start(self, now: float) -> list[Action]:
         """Send the INVITE, arm A (unreliable only) and B."""
-        return [Transmit(self.request, self.peer, self.key), *self._enter(self.INITIAL, now)]
+        return [Transmit(self._request(), self.peer, self.key), *self._enter(self.INITIAL, now)]
 
 
 class NonInviteClientTransaction(Transaction):
     """RFC 3261 §17.1.2."""
+
+    __slots__ = ()
 
     INITIAL = NCS.TRYING
     TERMINATED = NCS.TERMINATED
@@ -368,11 +394,13 @@ class NonInviteClientTransaction(Transaction):
 
     def start(self, now: float) -> list[Action]:
         """Send the request, arm E (unreliable only) and F."""
-        return [Transmit(self.request, self.peer, self.key), *self._enter(self.INITIAL, now)]
+        return [Transmit(self._request(), self.peer, self.key), *self._enter(self.INITIAL, now)]
 
 
 class InviteServerTransaction(Transaction):
     """RFC 3261 §17.2.1 with RFC 6026 §7.1: a 2xx moves to Accepted (timer L)."""
+
+    __slots__ = ()
 
     INITIAL = ISS.PROCEEDING
     TERMINATED = ISS.TERMINATED
@@ -408,9 +436,10 @@ class InviteServerTransaction(Transaction):
     def start(self, now: float) -> list[Action]:
         """Send 100 Trying at once (§17.2.1: the TU may take longer than 200 ms)."""
         # §8.2.6.1: a 100 copies Timestamp and carries no To tag.
-        stamp = self.request.headers.get("Timestamp")
+        request = self._request()
+        stamp = request.headers.get("Timestamp")
         extra = [("Timestamp", stamp)] if stamp is not None else []
-        self.last_response = make_response(self.request, 100, headers=extra)
+        self.last_response = make_response(request, 100, headers=extra)
         return [Transmit(self.last_response, self.peer, self.key)]
 
     def _retransmitted(self) -> Request | Response:
@@ -421,8 +450,11 @@ class InviteServerTransaction(Transaction):
 class NonInviteServerTransaction(Transaction):
     """RFC 3261 §17.2.2."""
 
+    __slots__ = ()
+
     INITIAL = NSS.TRYING
     TERMINATED = NSS.TERMINATED
+    KEEPS_REQUEST = False
     ENTRY = {NSS.COMPLETED: (Timer.J,)}
     KEEP: ClassVar[Mapping[TransactionState, frozenset[Timer]]] = {}
     TABLE = _fail_on_transport_error(

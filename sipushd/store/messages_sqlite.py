@@ -15,7 +15,11 @@ Design choices:
   MESSAGE will be delivered, so the commit before it is fsynced.
 - One connection, one lock: each operation runs alone (aiosqlite shares a
   connection between coroutines, and a transaction must not interleave).
-- Reads go to the file (MESSAGEs are few and read when a device registers).
+- Reads go to the file (MESSAGEs are few and read when a device registers),
+  except that the store keeps the set of AORs that have messages in the file
+  (loaded at open, grown by `add`, shrunk when a message is deleted): every
+  REGISTER asks `pending`, and an AOR with no MESSAGE is answered from memory.
+  The daemon is the only writer of its file.
 """
 
 from __future__ import annotations
@@ -91,6 +95,9 @@ class SqliteMessageStore(MessageStore):
         self._db = db
         self._lock = asyncio.Lock()
         self._closed = False
+        # AORs with at least one row in `messages` (expired or not); None after a failed
+        # transaction, until the next delete reloads it: then `pending` always asks the file.
+        self._aors: set[str] | None = set()
 
     @classmethod
     async def open(cls, path: str | Path) -> SqliteMessageStore:
@@ -104,12 +111,14 @@ class SqliteMessageStore(MessageStore):
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=FULL")
             await migrate(db)
+            store = cls(db)
+            await store._load_aors()
         except (sqlite3.Error, StoreError) as exc:
             await db.close()
             if isinstance(exc, StoreError):
                 raise
             raise StoreError(f"cannot open message store {path}: {exc}") from exc
-        return cls(db)
+        return store
 
     async def add(
         self, message: StoredMessage, recipients: Sequence[str], *, limit: int, now: float
@@ -130,9 +139,14 @@ class SqliteMessageStore(MessageStore):
                 "INSERT INTO message_devices (message_id, device, done) VALUES (?, ?, 0)",
                 [(message.id, device) for device in dict.fromkeys(recipients)],
             )
+            if self._aors is not None:
+                self._aors.add(message.aor)
 
     async def pending(self, aor: str, device: str, now: float) -> list[StoredMessage]:
         """Live messages of `aor` that `device` is not done with, oldest first."""
+        if self._aors is not None and aor not in self._aors:
+            self._check_open()
+            return []
         async with self._read(), self._db.execute(_PENDING, (aor, now, device, device)) as cursor:
             rows = await cursor.fetchall()
         return [_from_row(row) for row in rows]
@@ -150,6 +164,7 @@ class SqliteMessageStore(MessageStore):
             if waiting:
                 return False
             await self._delete((message_id,))
+            await self._load_aors()
             return True
 
     async def waiting(self, message_id: str) -> list[str]:
@@ -197,6 +212,7 @@ class SqliteMessageStore(MessageStore):
                 ids = [str(row[0]) for row in await cursor.fetchall()]
             if ids:
                 await self._delete(*[(i,) for i in ids])
+                await self._load_aors()
             return len(ids)
 
     async def close(self) -> None:
@@ -230,9 +246,12 @@ class SqliteMessageStore(MessageStore):
                 await self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 await self._rollback()
+                self._aors = None  # what the rollback restored is not known here
                 raise StoreError(f"message store update failed: {exc}") from exc
-            except BaseException:
+            except BaseException as exc:
                 await self._rollback()
+                if not isinstance(exc, MessageLimitError | DuplicateMessageError):
+                    self._aors = None  # e.g. cancelled after a delete reloaded the set
                 raise
 
     async def _rollback(self) -> None:
@@ -244,6 +263,11 @@ class SqliteMessageStore(MessageStore):
         async with self._db.execute(sql, params) as cursor:
             row = await cursor.fetchone()
         return int(row[0]) if row is not None else 0
+
+    async def _load_aors(self) -> None:
+        """(Re)read the AORs that have messages; inside a transaction after a delete."""
+        async with self._db.execute("SELECT DISTINCT aor FROM messages") as cursor:
+            self._aors = {str(row[0]) for row in await cursor.fetchall()}
 
     async def _delete(self, *ids: tuple[str]) -> None:
         await self._db.executemany("DELETE FROM message_devices WHERE message_id = ?", ids)

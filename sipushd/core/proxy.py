@@ -10,6 +10,7 @@ Pure: no clock, no I/O. The runtime asks, in order:
 - `forward_request` (§16.6): the copy sent on one branch — new Request-URI,
   Max-Forwards decremented, Path as Route set, Record-Route with a flow
   token, our Via with a fresh z9hG4bK branch whose first part is the loop hash.
+- `stateless_branch` (§16.11): the branch of a CANCEL forwarded without state.
 - `best_response` (§16.7 step 6), `response_upstream` (step 3), `build_cancel`
   (§9.1, with RFC 3326 Reason) for the response context.
 - `push_requests_for` (RFC 8599 §5.6.2): the pushes that wake a binding;
@@ -72,8 +73,10 @@ __all__ = [
     "remove_top_via",
     "response_upstream",
     "same_endpoint",
+    "stateless_branch",
     "strip_own_routes",
     "target_for_binding",
+    "upstream_target",
     "uri_destination",
 ]
 
@@ -164,6 +167,26 @@ def loop_hash(request: Request) -> str:
 def new_branch(request: Request) -> str:
     """A fresh RFC 3261 branch: magic cookie, loop hash, then random (unique per branch)."""
     return f"{MAGIC_COOKIE}{loop_hash(request)}.{secrets.token_hex(6)}"
+
+
+def stateless_branch(request: Request) -> str:
+    """§16.11: a branch computed from the received request alone, the same for its retransmissions.
+
+    A CANCEL carries its INVITE's top Via branch, Request-URI, tags, Call-ID and CSeq
+    number, so it gets the branch the INVITE got when forwarded statelessly: the next
+    hop matches the two (§9.2). The loop hash comes first, as in `new_branch`.
+    """
+    top = request.top_via
+    received = top.branch or ""
+    if received.startswith(MAGIC_COOKIE):
+        seed = received
+    else:
+        h = request
+        seed = "\n".join(
+            [str(top), h.to.tag or "", h.from_.tag or "", h.call_id, str(h.cseq.seq), str(h.uri)]
+        )
+    digest = hashlib.sha256(seed.encode()).hexdigest()[:12]
+    return f"{MAGIC_COOKIE}{loop_hash(request)}.{digest}"
 
 
 def find_loop(request: Request, identity: ProxyIdentity) -> bool:
@@ -294,6 +317,14 @@ def uri_destination(uri: SipUri) -> Endpoint | None:
     transport = uri.transport
     port = uri.port if uri.port is not None else DEFAULT_PORTS.get(transport, 5060)
     return Endpoint(transport, host, port)
+
+
+def upstream_target(request: Request, upstream: SipUri) -> ForwardTarget | None:
+    """A branch to `routing.upstream`, loose-routed through it; None unless it is an IP literal."""
+    hop = uri_destination(upstream)
+    if hop is None:
+        return None  # no DNS lookups here (RFC 3263)
+    return ForwardTarget(request.uri, hop, (f"<{upstream.with_param('lr')}>",))
 
 
 def target_for_binding(binding: Binding, flow_alive: bool) -> ForwardTarget | None:

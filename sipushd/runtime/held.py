@@ -81,6 +81,18 @@ class HeldCall:
                 handle.cancel()
         self.timer = self.repeat = None
 
+    def ringing_by_alert(self) -> list[Wakeup]:
+        """Devices to ring again by alert push: not yet awake, not ringing over SIP either."""
+        if self.context.finished:
+            return []
+        out = []
+        for wakeup in self.wakeups.values():
+            branch = self.forked.get(device_id(wakeup.binding))
+            sip_ringing = branch is not None and branch.provisional and not branch.done
+            if wakeup.rings_by_alert and not sip_ringing:
+                out.append(wakeup)
+        return out
+
     def voip_waiting(self) -> bool:
         """True while a device woken by a VoIP push may still register."""
         return any(w.waiting and w.push.service is PushService.VOIP for w in self.wakeups.values())

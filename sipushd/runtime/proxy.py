@@ -16,6 +16,8 @@ request that is not addressed to the server itself:
 - Caller CANCEL (§16.10): 200, CANCEL the branches, 487. Phones woken by an
   alert / data push get a missed-call push; phones woken by a VoIP push get
   the INVITE and then a CANCEL when they register, so CallKit shows the call.
+  A CANCEL that matches no transaction is forwarded statelessly (§16.10,
+  §16.11; runtime/stateless.py) where its INVITE would have gone.
 
 Only this module reads the clock for the proxy: `clock` (UNIX time) for push
 deadlines and the event loop for timers.
@@ -48,6 +50,7 @@ from sipushd.core.proxy import (
     same_endpoint,
     strip_own_routes,
     target_for_binding,
+    upstream_target,
     uri_destination,
 )
 from sipushd.push.base import PushResult
@@ -56,6 +59,7 @@ from sipushd.runtime.engine import Engine
 from sipushd.runtime.forking import Branch, ForwardContext
 from sipushd.runtime.held import HeldCall, Wakeup, device_id
 from sipushd.runtime.server import ServerCore
+from sipushd.runtime.stateless import CancelRelay
 from sipushd.sip import Endpoint, Request, Response, SipParseError, SipUri, make_response
 from sipushd.sip.transaction import TransactionError, TransactionKey
 from sipushd.store.base import BindingStore, StoreError
@@ -133,6 +137,7 @@ class ProxyCore:
         # (aor, key) -> the flow a binding registered on; persistent stores forget
         # flow ids (they name connections of this process only), the proxy does not.
         self._flows: dict[tuple[str, str], Endpoint] = {}
+        self._cancels = CancelRelay(self.engine, network, identity, self.engine.layer.config)
 
     def attach(self) -> None:
         """Install the proxy's hooks in the server core."""
@@ -313,24 +318,23 @@ class ProxyCore:
         if upstream is None:
             self.server.reply(key, request, 403, "Relaying Denied")
             return
-        hop = uri_destination(upstream)
-        if hop is None:
+        target = upstream_target(request, upstream)
+        if target is None:
             # Only IP-literal upstreams are supported (no DNS lookups, RFC 3263).
             log.warning("upstream is not an IP address", upstream=str(upstream))
             self.server.reply(key, request, 502, "Upstream Not Resolvable")
             return
-        route = f"<{upstream.with_param('lr')}>"
         request = request.replace(headers=request.headers.remove("Proxy-Authorization"))
         context = self._context(request, source, key)
         forwarded = forward_request(
             request,
-            ForwardTarget(request.uri, hop, (route,)),
+            target,
             self.identity,
             branch=new_branch(request),
             source=source,
             record_route=request.method == "INVITE",
         )
-        context.fork(forwarded, hop)
+        context.fork(forwarded, target.destination)
 
     # --- push and hold (RFC 8599 §5.6.2) ---------------------------------------------
 
@@ -413,13 +417,8 @@ class ProxyCore:
         notification; its `sequence` makes it a new push for the dispatcher.
         """
         call.repeat = None
-        if call.context.finished:
-            return
-        ringing = [w for w in call.wakeups.values() if w.rings_by_alert]
+        ringing = call.ringing_by_alert()
         for wakeup in ringing:
-            branch = call.forked.get(device_id(wakeup.binding))
-            if branch is not None and branch.provisional and not branch.done:
-                continue  # it rings over SIP already
             wakeup.repeats += 1
             self.pushes.submit(replace(wakeup.push, sequence=wakeup.repeats))
         if ringing:
@@ -510,7 +509,7 @@ class ProxyCore:
         """§16.10: 200 to the CANCEL, CANCEL every pending branch, 487 to the caller."""
         context = self._contexts.get(invite_key) if invite_key is not None else None
         if invite_key is None:
-            self.server.reply(key, cancel, 481)
+            self._forward_stray_cancel(cancel, source, key)
             return
         self.server.reply(key, cancel, 200)
         if context is None:
@@ -524,6 +523,44 @@ class ProxyCore:
             call.cancelled = True
         context.cancel_all(reason)
         context.finish(context.reply(487))
+
+    def _forward_stray_cancel(self, cancel: Request, source: Endpoint, key: TransactionKey) -> None:
+        """§16.10: no response context: forward statelessly where the INVITE would go."""
+        try:
+            if find_loop(cancel, self.identity):
+                self.server.reply(key, cancel, 482)
+                return
+            stripped, flows = strip_own_routes(cancel, self.identity)
+            target: ForwardTarget | None = None
+            if is_in_dialog(stripped):
+                hop = self._dialog_destination(stripped, source, flows)
+                target = None if hop is None else ForwardTarget(stripped.uri, hop)
+            elif self.is_local(stripped.uri) and not stripped.routes:
+                self._spawn(self._stray_cancel_to_local(cancel, key, stripped))
+                return
+            elif (
+                stripped.from_.uri.host.lower() in self.settings.domains and self.settings.upstream
+            ):
+                # Its INVITE went upstream; from elsewhere it was refused (never an open relay).
+                target = upstream_target(stripped, self.settings.upstream)
+        except SipParseError as exc:
+            self.server.reply(key, cancel, 400, f"Bad Request ({exc})"[:100])
+            return
+        self._cancels.forward(cancel, key, stripped, target)
+
+    async def _stray_cancel_to_local(
+        self, cancel: Request, key: TransactionKey, stripped: Request
+    ) -> None:
+        """§16.11: a stateless proxy picks one target: the first reachable binding."""
+        target = None
+        try:
+            for binding in await self.bindings_for(stripped.uri):
+                target = target_for_binding(binding, self.network.flow_alive(binding.flow))
+                if target is not None:
+                    break
+        except (StoreError, SipParseError) as exc:
+            log.info("CANCEL target lookup failed", error=str(exc), call_id=cancel.call_id)
+        self._cancels.forward(cancel, key, stripped, target)
 
     def _missed_call_pushes(self, call: HeldCall, reason: str | None) -> None:
         """Devices woken by an alert / data push get a missed-call push (RFC 3326 reason)."""
@@ -597,10 +634,13 @@ class ProxyCore:
             log.info("ACK not forwarded", error=str(exc))
 
     def on_stray_response(self, response: Response, source: Endpoint) -> None:
-        """A 2xx retransmission with no transaction left: forward it statelessly (§16.7)."""
+        """A 2xx or a CANCEL's answer with no transaction left: forward it (§16.7, §16.11)."""
         try:
+            if self._cancels.answer(response):
+                return
             vias = response.vias
-            if not (200 <= response.status < 300 and response.cseq.method == "INVITE"):
+            method = response.cseq.method
+            if not ((200 <= response.status < 300 and method == "INVITE") or method == "CANCEL"):
                 return
             top = vias[0]
             if len(vias) < 2 or not self.identity.is_our_via(top.host, top.port, top.transport):
@@ -616,5 +656,6 @@ class ProxyCore:
             call.stop_timers()
         for context in list(self._contexts.values()):
             context.stop_timers()
+        self._cancels.close()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)

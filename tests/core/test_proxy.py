@@ -25,6 +25,7 @@ from sipushd.core.proxy import (
     remove_top_via,
     response_upstream,
     same_endpoint,
+    stateless_branch,
     strip_own_routes,
     target_for_binding,
     uri_destination,
@@ -131,6 +132,27 @@ def test_loop_is_detected_but_a_spiral_is_not() -> None:
     spiral = looped.replace(uri=parse_uri("sip:carol@example.org"))
     assert not find_loop(spiral, US)
     assert not find_loop(request, US)
+
+
+def test_stateless_branch_is_the_same_for_an_invite_and_its_cancel() -> None:
+    request = invite()
+    cancel = request.replace(
+        method="CANCEL", headers=request.headers.set("CSeq", "1 CANCEL"), body=b""
+    )
+    branch = stateless_branch(cancel)
+    assert branch.startswith("z9hG4bK")
+    assert branch == stateless_branch(request) == stateless_branch(cancel)
+    other = cancel.replace(
+        headers=cancel.headers.set("Via", "SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bKother")
+    )
+    assert stateless_branch(other) != branch
+    # RFC 2543 peers: no magic cookie, the branch comes from the transaction's fields.
+    legacy = cancel.replace(headers=cancel.headers.set("Via", "SIP/2.0/UDP 192.0.2.7:5062"))
+    assert stateless_branch(legacy) == stateless_branch(legacy) != branch
+    target = target_for_binding(binding(), flow_alive=True)
+    assert target is not None
+    looped = forward_request(cancel, target, US, branch=branch).replace(uri=cancel.uri)
+    assert find_loop(looped, US), "the loop hash leads the branch, as in new_branch"
 
 
 def test_flow_tokens_are_signed() -> None:

@@ -144,11 +144,12 @@ class SqliteMessageStore(MessageStore):
 
     async def pending(self, aor: str, device: str, now: float) -> list[StoredMessage]:
         """Live messages of `aor` that `device` is not done with, oldest first."""
-        if self._aors is not None and aor not in self._aors:
-            self._check_open()
-            return []
-        async with self._read(), self._db.execute(_PENDING, (aor, now, device, device)) as cursor:
-            rows = await cursor.fetchall()
+        async with self._read():
+            # Under the lock: an add() in progress has committed or failed by now.
+            if self._aors is not None and aor not in self._aors:
+                return []
+            async with self._db.execute(_PENDING, (aor, now, device, device)) as cursor:
+                rows = await cursor.fetchall()
         return [_from_row(row) for row in rows]
 
     async def mark_done(self, message_id: str, device: str) -> bool:

@@ -40,8 +40,8 @@ class Wakeup:
         return self.state in ("scheduled", "pushing", "pushed")
 
     @property
-    def rings_by_alert(self) -> bool:
-        """True while an iOS device without a VoIP token is rung by alert pushes.
+    def alert_call(self) -> bool:
+        """True for an iOS device without a VoIP token: its calls ring by alert push.
 
         Only those pushes are repeated: every VoIP push must be reported to CallKit
         as a new call (PUSH-PROTOCOLS.md), and FCM data messages wake an app that rings
@@ -49,8 +49,7 @@ class Wakeup:
         """
         push = self.push
         return (
-            self.state in ("pushing", "pushed")
-            and push.provider == "apns"
+            push.provider == "apns"
             and push.kind is PushKind.CALL
             and push.service is PushService.REMOTE
         )
@@ -81,15 +80,22 @@ class HeldCall:
                 handle.cancel()
         self.timer = self.repeat = None
 
+    def may_ring_by_alert(self) -> bool:
+        """True while a device rung by alert push (or about to be) has not woken up."""
+        if self.context.finished:
+            return False
+        return any(w.alert_call and w.waiting for w in self.wakeups.values())
+
     def ringing_by_alert(self) -> list[Wakeup]:
-        """Devices to ring again by alert push: not yet awake, not ringing over SIP either."""
+        """Devices to ring again by alert push: pushed, not awake, not ringing over SIP."""
         if self.context.finished:
             return []
         out = []
         for wakeup in self.wakeups.values():
             branch = self.forked.get(device_id(wakeup.binding))
             sip_ringing = branch is not None and branch.provisional and not branch.done
-            if wakeup.rings_by_alert and not sip_ringing:
+            pushed = wakeup.state in ("pushing", "pushed")
+            if wakeup.alert_call and pushed and not sip_ringing:
                 out.append(wakeup)
         return out
 

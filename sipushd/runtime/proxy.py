@@ -356,7 +356,7 @@ class ProxyCore:
             return
         call.timer = self._loop.call_later(self.settings.call_timeout, self._timeout, call)
         interval = self.settings.call_remote_push_interval
-        if interval and any(w.push.service is PushService.REMOTE for w in call.wakeups.values()):
+        if interval and call.may_ring_by_alert():
             call.repeat = self._loop.call_later(interval, self._ring_again, call, interval)
 
     def _fork_or_push(self, call: HeldCall, bindings: list[Binding], deadline: float) -> None:
@@ -417,11 +417,10 @@ class ProxyCore:
         notification; its `sequence` makes it a new push for the dispatcher.
         """
         call.repeat = None
-        ringing = call.ringing_by_alert()
-        for wakeup in ringing:
+        for wakeup in call.ringing_by_alert():
             wakeup.repeats += 1
             self.pushes.submit(replace(wakeup.push, sequence=wakeup.repeats))
-        if ringing:
+        if call.may_ring_by_alert():
             call.repeat = self._loop.call_later(interval, self._ring_again, call, interval)
 
     def on_registered(self, binding: Binding) -> None:

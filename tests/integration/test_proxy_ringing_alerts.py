@@ -132,3 +132,26 @@ async def test_without_an_interval_the_alert_is_sent_once(tmp_path: Path) -> Non
         await asyncio.sleep(0.4)
         assert len(alerts(pushes)) == 1
         await alice.close()
+
+
+@pytest.mark.asyncio
+async def test_a_delayed_push_rings_again_too(tmp_path: Path) -> None:
+    # push.mode unreachable: the live flow stays silent for push.delay, then the push,
+    # which the interval (shorter than the delay) repeats.
+    push = {"mode": "unreachable", "delay": 0.3, "call_remote_push_interval": 0.1}
+    async with running(config(tmp_path, push=push)) as (daemon, pushes):
+        ipad = await phone(daemon)
+        assert (await register(ipad, params=ALERT_PARAMS, uuid=36)).status == 200
+        alice = await phone(daemon, "udp")
+        alice.send(invite(alice))
+        forwarded = await ipad.next_request("INVITE")
+        assert [p.sequence for p in (await wait_alerts(pushes, 3))[:3]] == [0, 1, 2]
+        answer(ipad, forwarded, 180)
+        while (await alice.receive()).status != 180:  # type: ignore[union-attr]
+            pass
+        count = len(alerts(pushes))
+        await asyncio.sleep(0.4)
+        assert len(alerts(pushes)) == count, "it rings over SIP: no more alerts"
+        answer(ipad, forwarded, 486)
+        for ua in (ipad, alice):
+            await ua.close()

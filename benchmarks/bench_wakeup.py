@@ -480,9 +480,15 @@ async def caller_main(args: argparse.Namespace) -> None:
 
 @contextlib.contextmanager
 def child(
-    command: list[str], log: Path | None = None, **kwargs: Any
+    command: list[str], log: Path | None = None, cpus: set[int] | None = None, **kwargs: Any
 ) -> Iterator[subprocess.Popen[str]]:
-    """Run `command`; always SIGTERM, then SIGKILL it on the way out."""
+    """Run `command` (on `cpus` when given); always SIGTERM, then SIGKILL it on the way out."""
+
+    def prepare() -> None:
+        die_with_parent()
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
     out = log.open("w") if log is not None else subprocess.DEVNULL
     process = subprocess.Popen(
         command,
@@ -490,7 +496,7 @@ def child(
         stderr=out,
         cwd=REPO,
         text=True,
-        preexec_fn=die_with_parent,
+        preexec_fn=prepare,
         **kwargs,
     )
     try:
@@ -584,7 +590,8 @@ def run_once(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     port = free_port()
     mock_cmd = [python, "-m", "sipushd", "mock-pns", "--listen", f"{HOST}:0", "--quiet",
                 "--state-dir", str(work / "pns"), "--max-records", "100000"]  # fmt: skip
-    with child(mock_cmd, stdout=subprocess.PIPE) as mock:
+    load, server = ({0}, {1}) if args.pin else (None, None)
+    with child(mock_cmd, cpus=load, stdout=subprocess.PIPE) as mock:
         assert mock.stdout is not None
         line = mock.stdout.readline()
         found = re.search(r"listening on (\S+) ca=(\S+)", line)
@@ -593,17 +600,18 @@ def run_once(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         url, ca = found.groups()
         log = work / "sipushd.log"
         config = write_config(work, port, url, ca)
-        with child([python, "-m", "sipushd", "run", "--config", str(config)], log) as daemon:
+        run_cmd = [python, "-m", "sipushd", "run", "--config", str(config)]
+        with child(run_cmd, log, cpus=server) as daemon:
             wait_for(lambda: "sipushd ready" in log.read_text(errors="replace"), "sipushd")
             common = ["--port", str(port), "--phones", str(args.phones)]
             phones_cmd = [python, script, "_phones", *common, "--transport", args.transport,
                           "--mock", url, "--ca", ca,
                           "--out", str(work / "phones.json")]  # fmt: skip
-            with child(phones_cmd, work / "phones.log", stdout=subprocess.PIPE) as phones:
+            with child(phones_cmd, work / "phones.log", load, stdout=subprocess.PIPE) as phones:
                 assert phones.stdout is not None
                 if phones.stdout.readline().strip() != "ready":
                     raise SystemExit(f"phones did not register: see {work / 'phones.log'}")
-                # The registrations leave work behind (closed flows, store writes).
+                # Call only once sipushd is done with the registrations.
                 settled = settle(daemon.pid)
                 calls = args.calls
                 caller_cmd = [python, script, "_caller", *common, "--rate", str(args.rate),
@@ -611,7 +619,7 @@ def run_once(work: Path, args: argparse.Namespace) -> dict[str, Any]:
                               "--out", str(work / "caller.json")]  # fmt: skip
                 cpu_before, busy_before = cpu_seconds(daemon.pid), machine_busy()
                 started = time.monotonic()
-                with child(caller_cmd, work / "caller.log") as caller:
+                with child(caller_cmd, work / "caller.log", load) as caller:
                     caller.wait(calls / args.rate + CALL_TIMEOUT + 30)
                 elapsed = time.monotonic() - started
                 cpu = cpu_seconds(daemon.pid) - cpu_before
@@ -643,6 +651,10 @@ def join(work: Path, cpu: float, elapsed: float, args: argparse.Namespace) -> di
         if (w := by_invite.get(c["call_id"])) is not None and "invite_received" in w
     ]
     wanted = {c["call_id"] for c in measured}
+    # How late the caller sent each INVITE against its own schedule: a gauge of the
+    # machine's noise (the caller is nearly idle, so its delays are someone else's CPU).
+    ahead = [c["invite_sent"] - k / args.rate for k, c in enumerate(calls)]
+    lag_ms = [(t - min(ahead)) * 1000 for t in ahead[args.warmup :]]
     story = []
     for line in (work / "sipushd.log").read_text(errors="replace").splitlines():
         if '"wake-up"' in line:
@@ -657,6 +669,7 @@ def join(work: Path, cpu: float, elapsed: float, args: argparse.Namespace) -> di
         "push_ms": push_ms,
         "wake_ms": wake_ms,
         "story_ms": story,
+        "lag_ms": lag_ms,
         "cpu": cpu / elapsed,
         "load_cpu": (caller["cpu"] + phones["cpu"]) / elapsed,
     }
@@ -685,6 +698,7 @@ def report(number: int, result: dict[str, Any]) -> None:
     print(f"  (a) INVITE -> push at mock        {summary(result['push_ms'])}")
     print(f"  (b) REGISTER -> INVITE at phone   {summary(result['wake_ms'])}")
     print(f"      sipushd log registered->fwd   {summary(result['story_ms'])}")
+    print(f"      noise: caller's send lag      {summary(result['lag_ms'])}")
 
 
 def spread(results: list[dict[str, Any]]) -> None:
@@ -717,6 +731,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=10, help="first calls left out (10)")
     parser.add_argument("--hold", type=float, default=0.05, help="seconds from ACK to BYE")
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--pin", action="store_true", help="sipushd on CPU 1, the rest on 0")
     parser.add_argument("--keep", type=Path, help="keep logs and records in this directory")
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--calls", type=int, help=argparse.SUPPRESS)

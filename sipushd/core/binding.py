@@ -131,15 +131,17 @@ def drop_dead_token(binding: Binding, token: str) -> Binding:
     return replace(binding, push=replace(binding.push, tokens=left) if left else None)
 
 
+_PUSH_FIELDS = tuple(f.name for f in fields(PushTarget))
+
+
 def push_to_json(push: PushTarget) -> dict[str, Any]:
     """A JSON-ready dict of a `PushTarget`."""
-    return {f.name: _plain(getattr(push, f.name)) for f in fields(push)}
+    return {name: _plain(getattr(push, name)) for name in _PUSH_FIELDS}
 
 
 def push_from_json(data: Mapping[str, Any]) -> PushTarget:
     """Rebuild a `PushTarget` written by `push_to_json`."""
-    names = {f.name for f in fields(PushTarget)}
-    return PushTarget(**{k: _frozen(v) for k, v in data.items() if k in names})
+    return PushTarget(**{k: _frozen(v) for k, v in data.items() if k in _PUSH_FIELDS})
 
 
 def binding_to_json(binding: Binding) -> dict[str, Any]:

@@ -281,8 +281,13 @@ async def migrate(db: aiosqlite.Connection) -> int:
     return found
 
 
+# json.dumps(..., separators=...) builds an encoder per call; one shared encoder writes
+# the same text.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def _to_row(b: Binding) -> tuple[Any, ...]:
-    push = json.dumps(push_to_json(b.push), separators=(",", ":")) if b.push else None
+    push = _COMPACT.encode(push_to_json(b.push)) if b.push else None
     return (
         b.aor,
         b.key,
@@ -298,7 +303,7 @@ def _to_row(b: Binding) -> tuple[Any, ...]:
         b.instance,
         b.reg_id,
         b.q,
-        json.dumps(list(b.path), separators=(",", ":")),
+        _COMPACT.encode(list(b.path)) if b.path else "[]",
         push,
         int(b.pnsreg),
         b.user_agent,

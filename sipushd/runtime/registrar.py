@@ -9,9 +9,11 @@ every binding added or refreshed, after it is stored and before the 2xx leaves.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Collection
 
 import structlog
+from prometheus_client import Counter
 
 from sipushd import metrics
 from sipushd.core.binding import Binding
@@ -23,6 +25,17 @@ from sipushd.sip.transaction import TransactionKey
 from sipushd.store.base import BindingStore, StoreError
 
 log = structlog.get_logger("sipushd.registrar")
+# The stdlib logger behind `log`: a filtered debug call still costs a structlog bind.
+_stdlib_log = logging.getLogger("sipushd.registrar")
+_RESULTS: dict[int, Counter] = {}
+
+
+def _count_result(status: int) -> None:
+    counter = _RESULTS.get(status)
+    if counter is None:
+        counter = _RESULTS[status] = metrics.REGISTER_RESULTS.labels(status=str(status))
+    counter.inc()
+
 
 BindingListener = Callable[[Binding], None]
 
@@ -123,15 +136,15 @@ class RegistrarService:
                 except Exception:
                     log.exception("binding listener failed", aor=aor)
         response = decision.response(request, to_tag=new_tag())
-        metrics.REGISTER_RESULTS.labels(status=str(decision.status)).inc()
-        if decision.ok:
+        _count_result(decision.status)
+        if decision.ok and _stdlib_log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "registered",
                 aor=aor,
                 bindings=len(decision.bindings),
                 peer=f"{source.transport}:{source.host}:{source.port}",
             )
-        else:
+        elif not decision.ok:
             log.info("register refused", aor=aor, status=decision.status, reason=decision.reason)
         self.server.engine.respond(key, response)
 
@@ -143,7 +156,7 @@ class RegistrarService:
         reason: str | None,
         headers: tuple[tuple[str, str], ...] = (),
     ) -> None:
-        metrics.REGISTER_RESULTS.labels(status=str(status)).inc()
+        _count_result(status)
         self.server.reply(key, request, status, reason, headers)
 
     async def close(self) -> None:

@@ -170,6 +170,8 @@ class Flow:
         if not data and not self.udp:
             self.loop.remove_reader(self.sock.fileno())
             return
+        if self.udp and not data.strip(b"\r\n"):
+            return  # a keep-alive (RFC 5626 §4.4.2)
         messages = [parse_message(data)] if self.udp else self.parser.feed(data)
         for message in messages:
             self.inbox.put_nowait((stamp, message))

@@ -10,6 +10,7 @@ from sipushd.core.proxy import stateless_branch
 from sipushd.sip import Request
 from sipushd.testing.ua import SipClient
 from tests.integration.proxy_helpers import (
+    address,
     answer,
     config,
     invite,
@@ -109,3 +110,22 @@ async def test_a_stray_cancel_with_no_target_gets_481(
         assert await no_request(bob, "CANCEL")
         await bob.close()
         await alice.close()
+
+
+@pytest.mark.asyncio
+async def test_a_local_callers_stray_cancel_goes_upstream(tmp_path: Path) -> None:
+    async with await SipClient.connect("udp", ("127.0.0.1", 9)) as pbx:
+        upstream = f"sip:{pbx.local[0]}:{pbx.local[1]}"
+        async with running(config(tmp_path, routing={"upstream": upstream})) as (daemon, _):
+            pbx.server = address(daemon, "udp")
+            alice = await phone(daemon, "udp")
+            call = alice.build(
+                "INVITE", "sip:carol@elsewhere.example", from_="sip:alice@example.org"
+            )
+            alice.send(cancel_of(call))
+            out = await pbx.next_request("CANCEL")
+            assert str(out.uri) == "sip:carol@elsewhere.example"
+            assert str(out.routes[0].uri) == f"{upstream};lr"
+            answer(pbx, out, 200)
+            assert (await alice.final_response()).status == 200
+            await alice.close()

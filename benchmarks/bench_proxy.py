@@ -24,20 +24,9 @@ from pathlib import Path
 
 PEERS = Path(__file__).resolve().parent.parent.parent / "shared" / "peers"
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    """A port free for UDP and TCP on 127.0.0.1."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
+from sipushd.testing.net import free_port  # noqa: E402
 
 
 def register(server_port: int, callee_port: int) -> str:

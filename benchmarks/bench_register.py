@@ -45,6 +45,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sipushd.testing.net import free_port  # noqa: E402
+
 KAMAILIO_PORT = 5080  # fixed in kamailio-registrar.cfg
 SERVERS = ("kamailio", "sipushd", "bare")
 
@@ -87,13 +91,6 @@ def write_users(path: Path, count: int) -> None:
         voip, remote = secrets.token_hex(32), secrets.token_hex(32)
         lines.append(f"bench{n:06d};{voip};{remote};{uuid.uuid4()}")
     path.write_text("\n".join(lines) + "\n")
-
-
-def free_port() -> int:
-    """A UDP port free on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        udp.bind(("127.0.0.1", 0))
-        return int(udp.getsockname()[1])
 
 
 def port_in_use(port: int) -> bool:

@@ -62,6 +62,7 @@ from sipushd.sip import (  # noqa: E402
     parse_uri,
 )
 from sipushd.sip.headers import Headers  # noqa: E402
+from sipushd.testing.net import free_port, wait_until  # noqa: E402
 
 TEAM, BUNDLE, KEY_ID = "ABCD1234", "org.example.bench", "BENCHKEY01"
 HOST = "127.0.0.1"
@@ -71,20 +72,6 @@ SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 # --- shared helpers ---------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A port free for UDP and TCP on 127.0.0.1."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((HOST, 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((HOST, port))
-                except OSError:
-                    continue
-            return port
 
 
 def voip_token(phone: int) -> str:
@@ -532,11 +519,8 @@ def machine_busy() -> tuple[float, float]:
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
     """Poll `predicate` until true; SystemExit after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    if not wait_until(predicate, timeout):
+        raise SystemExit(f"timed out waiting for {what}")
 
 
 def write_config(work: Path, port: int, url: str, ca: str) -> Path:

@@ -31,25 +31,12 @@ from sipushd.app import Daemon
 from sipushd.config import Config
 from sipushd.sip import Request, Response
 from sipushd.sip.digest import digest_response, ha1
+from sipushd.testing.net import free_port
 from sipushd.testing.pki import ensure_server_credentials
 from sipushd.testing.ua import SipClient
 from sipushd.users import set_user
 
 REALM = "example.org"
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
 
 
 @dataclass

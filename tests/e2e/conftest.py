@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,21 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sipushd.testing.net import free_port, wait_until
+
 SCENARIOS = Path(__file__).parent / "scenarios"
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
 
 
 @dataclass
@@ -84,12 +70,10 @@ def start_sipushd(tmp_path: Path, overrides: dict[str, object] | None = None) ->
             stderr=subprocess.STDOUT,
         )
     child = SipushdProcess(process, port, config_path, log_path)
-    deadline = time.monotonic() + 20
-    while "sipushd ready" not in child.log():
-        if process.poll() is not None or time.monotonic() > deadline:
-            child.stop()
-            raise RuntimeError(f"sipushd did not start:\n{child.log()}")
-        time.sleep(0.05)
+    wait_until(lambda: "sipushd ready" in child.log() or process.poll() is not None, 20)
+    if "sipushd ready" not in child.log():
+        child.stop()
+        raise RuntimeError(f"sipushd did not start:\n{child.log()}")
     return child
 
 

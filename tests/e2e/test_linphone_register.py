@@ -25,8 +25,9 @@ import pytest
 
 from sipushd.core.binding import Binding
 from sipushd.store.sqlite import SqliteBindingStore
+from sipushd.testing.net import free_port
 from sipushd.users import set_user
-from tests.e2e.conftest import SipushdProcess, free_port, need, start_sipushd
+from tests.e2e.conftest import SipushdProcess, need, start_sipushd
 
 PASSWORD = "linphone-e2e-secret"
 AOR = "sip:bob@example.org"

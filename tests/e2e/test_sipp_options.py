@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import SCENARIOS, SipushdProcess, free_port, need
+from sipushd.testing.net import free_port
+from tests.e2e.conftest import SCENARIOS, SipushdProcess, need
 
 
 @pytest.mark.sipp

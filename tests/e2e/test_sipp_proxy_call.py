@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import SCENARIOS, SipushdProcess, free_port, need
+from sipushd.testing.net import free_port
+from tests.e2e.conftest import SCENARIOS, SipushdProcess, need
 
 
 def _register(server_port: int, callee_port: int) -> str:

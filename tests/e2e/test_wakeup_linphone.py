@@ -16,14 +16,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from sipushd.testing.mock_pns import write_test_apns_key
+from sipushd.testing.net import free_port, wait_until
 from sipushd.testing.ua import SipClient
-from tests.e2e.conftest import SipushdProcess, free_port, need, start_sipushd
+from tests.e2e.conftest import SipushdProcess, need, start_sipushd
 from tests.integration.proxy_helpers import in_dialog, invite
 
 TEAM, BUNDLE, KEY_ID = "ABCD1234", "org.example.app", "KEY1234567"
@@ -55,14 +56,6 @@ def _write_rc(path: Path, sip_port: int, phone_port: int) -> None:
 def _kill_group(pgid_file: Path) -> None:
     with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
         os.killpg(int(pgid_file.read_text().strip()), signal.SIGKILL)
-
-
-def _wait_for(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -135,7 +128,8 @@ def test_killed_linphone_is_woken_by_push_and_answers(
     try:
         _write_rc(tmp_path / "linphonerc", sipushd.port, free_port())
         subprocess.run([str(tmp_path / "start-linphone.sh")], check=True, timeout=10)
-        _wait_for(lambda: _registrations(sipushd) >= 1, "linphonec to register")
+        registered = wait_until(lambda: _registrations(sipushd) >= 1, 10)
+        assert registered, "timed out waiting for linphonec to register"
         # Sleep: SIGKILL keeps the binding, as iOS does when it kills the app.
         _kill_group(tmp_path / "linphone.pgid")
         time.sleep(0.3)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from sipushd.testing.net import free_port
+
 __all__ = ["RedisServer", "require_redis_server", "shared_url", "stop_shared"]
 
 
@@ -32,12 +34,6 @@ def require_redis_server() -> str:
             pytest.fail(reason)
         pytest.skip(reason)
     return found
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:
@@ -57,7 +53,7 @@ class RedisServer:
     def start(self) -> RedisServer:
         """Start the server (on the same port as before when restarted) and wait for it."""
         binary = require_redis_server()
-        self.port = self.port or _free_port()
+        self.port = self.port or free_port()
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         args += ["--dir", str(self.directory), "--daemonize", "no", "--loglevel", "warning"]
         if self.appendonly:

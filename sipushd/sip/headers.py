@@ -206,7 +206,7 @@ class Headers:
 
 def serialise_fields(headers: Headers, skip: str) -> str:
     """Serialise every field except those with lowercase key ``skip`` as header lines."""
-    if skip not in headers._lookup():
+    if skip not in headers._keys:  # a scan of the keys: no index built for this
         return "".join([f"{name}: {value}\r\n" for name, value in headers._items])
     return "".join(
         [
@@ -271,8 +271,21 @@ def quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+# The common form of a parameter run: no whitespace, no quoted values.
+_PLAIN_PARAMS_RE = re.compile(rf'(?:;{_abnf.TOKEN}(?:=[^ \t;,"]+)?)+')
+
+
 def parse_params(text: str, pos: int = 0) -> Params:
     """Parse ``*( SEMI generic-param )`` from ``pos`` to the end; names lowercased."""
+    if pos >= len(text):
+        return ()
+    if _PLAIN_PARAMS_RE.fullmatch(text, pos) is not None:
+        # Values hold no ';' and names no '=', so splitting is exact.
+        plain: list[tuple[str, str | None]] = []
+        for item in text[pos + 1 :].split(";"):
+            name, eq, value = item.partition("=")
+            plain.append((name.lower(), value if eq else None))
+        return tuple(plain)
     out: list[tuple[str, str | None]] = []
     end = len(text.rstrip(" \t"))
     match = _abnf.GENERIC_PARAM_RE.match

@@ -29,6 +29,10 @@ from sipushd.transport.stream import StreamFlow
 from sipushd.transport.udp import UdpListener
 
 TRANSPORTS = ("udp", "tcp", "tls")
+# Receive buffer asked for on UDP sockets (the kernel caps it at net.core.rmem_max): the
+# default (~208 KiB on Linux, a few hundred datagrams) drops requests under a burst of
+# REGISTERs and every drop costs a retransmission (RFC 3261 §17.1.2.2, timer E).
+UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
 
 
 class TransportManager:
@@ -80,6 +84,8 @@ class TransportManager:
             if family == socket.AF_INET6:
                 # One socket per family: a v4 listener and a v6 one may share a port.
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            with suppress(OSError):  # best effort: a smaller buffer still works
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
             sock.bind((host, port))
             sock.setblocking(False)
             _, protocol = await loop.create_datagram_endpoint(

@@ -5,28 +5,50 @@ from __future__ import annotations
 
 import socket
 import struct
+from pathlib import Path
 
 import pytest
 
 from sipushd.sip import Endpoint, Response, make_response, parse_message
 from sipushd.transport import TransportError, response_destination
+from sipushd.transport.manager import UDP_RECEIVE_BUFFER
 from sipushd.transport.wire import STUN_MAGIC
 from tests.transport.conftest import HarnessFactory, UdpPeerFactory
-from tests.transport.helpers import needs_ipv6, sip_request
+from tests.transport.helpers import Harness, UdpPeer, needs_ipv6, sip_request
+
+
+class UdpSetup(NamedTuple):
+    """A harness listening on UDP 127.0.0.1, one peer, and the (host, port) to send to."""
+
+    harness: Harness
+    bound: Endpoint
+    peer: UdpPeer
+    target: tuple[str, int]
+
+
+ListenUdp = Callable[[], Awaitable[UdpSetup]]
+
+
+@pytest.fixture
+def listen_udp(make_harness: HarnessFactory, udp_peer: UdpPeerFactory) -> ListenUdp:
+    """Start a UDP listener on 127.0.0.1 and open one peer to talk to it."""
+
+    async def factory() -> UdpSetup:
+        harness = make_harness()
+        bound = await harness.manager.listen("udp", "127.0.0.1", 0)
+        return UdpSetup(harness, bound, await udp_peer(), target)
+
+    return factory
 
 
 @pytest.mark.asyncio
-async def test_request_in_response_out_to_rport(
-    make_harness: HarnessFactory, udp_peer: UdpPeerFactory
-) -> None:
-    harness = make_harness()
-    bound = await harness.manager.listen("udp", "127.0.0.1", 0)
+async def test_request_in_response_out_to_rport(listen_udp: ListenUdp) -> None:
+    harness, bound, peer, target = await listen_udp()
     assert bound.transport == "udp" and bound.port > 0
-    peer = await udp_peer()
     # sent-by names a port nobody listens on: only rport can bring the answer back.
     peer.send(
         sip_request(via="SIP/2.0/UDP 127.0.0.1:9;rport;branch=z9hG4bK-u1"),
-        ("127.0.0.1", bound.port),
+        target,
     )
 
     message, source = await harness.recorder.request()
@@ -47,29 +69,19 @@ async def test_request_in_response_out_to_rport(
 
 
 @pytest.mark.asyncio
-async def test_received_added_when_sent_by_differs(
-    make_harness: HarnessFactory, udp_peer: UdpPeerFactory
-) -> None:
-    harness = make_harness()
-    bound = await harness.manager.listen("udp", "127.0.0.1", 0)
-    peer = await udp_peer()
-    peer.send(
-        sip_request(via="SIP/2.0/UDP 10.1.2.3:5070;branch=z9hG4bK-u2"), ("127.0.0.1", bound.port)
-    )
+async def test_received_added_when_sent_by_differs(listen_udp: ListenUdp) -> None:
+    harness, _, peer, target = await listen_udp()
+    peer.send(sip_request(via="SIP/2.0/UDP 10.1.2.3:5070;branch=z9hG4bK-u2"), target)
     message, _ = await harness.recorder.request()
     assert message.top_via.received == "127.0.0.1"
     assert message.top_via.rport is None
 
 
 @pytest.mark.asyncio
-async def test_responses_are_delivered_unchanged(
-    make_harness: HarnessFactory, udp_peer: UdpPeerFactory
-) -> None:
-    harness = make_harness()
-    bound = await harness.manager.listen("udp", "127.0.0.1", 0)
-    peer = await udp_peer()
+async def test_responses_are_delivered_unchanged(listen_udp: ListenUdp) -> None:
+    harness, _, peer, target = await listen_udp()
     raw = make_response(parse_message(sip_request()), 180).to_bytes()
-    peer.send(raw, ("127.0.0.1", bound.port))
+    peer.send(raw, target)
     message, source = await harness.recorder.message()
     assert isinstance(message, Response) and message.status == 180
     assert message.top_via.received is None
@@ -77,13 +89,8 @@ async def test_responses_are_delivered_unchanged(
 
 
 @pytest.mark.asyncio
-async def test_keepalives_are_ignored_and_stun_is_answered(
-    make_harness: HarnessFactory, udp_peer: UdpPeerFactory
-) -> None:
-    harness = make_harness()
-    bound = await harness.manager.listen("udp", "127.0.0.1", 0)
-    peer = await udp_peer()
-    target = ("127.0.0.1", bound.port)
+async def test_keepalives_are_ignored_and_stun_is_answered(listen_udp: ListenUdp) -> None:
+    harness, _, peer, target = await listen_udp()
     peer.send(b"\r\n\r\n", target)
     peer.send(b"\r\n", target)
     binding = struct.pack("!HH", 0x0001, 0) + STUN_MAGIC + b"T" * 12
@@ -99,14 +106,10 @@ async def test_keepalives_are_ignored_and_stun_is_answered(
 
 
 @pytest.mark.asyncio
-async def test_malformed_request_gets_400_when_possible(
-    make_harness: HarnessFactory, udp_peer: UdpPeerFactory
-) -> None:
-    harness = make_harness()
-    bound = await harness.manager.listen("udp", "127.0.0.1", 0)
-    peer = await udp_peer()
+async def test_malformed_request_gets_400_when_possible(listen_udp: ListenUdp) -> None:
+    harness, _, peer, target = await listen_udp()
     bad = sip_request(call_id="bad-1").replace(b"Max-Forwards: 70", b"Max-Forwards: many")
-    peer.send(bad, ("127.0.0.1", bound.port))
+    peer.send(bad, target)
     answer = parse_message(await peer.receive())
     assert isinstance(answer, Response)
     assert answer.status == 400 and answer.call_id == "bad-1"
@@ -116,13 +119,8 @@ async def test_malformed_request_gets_400_when_possible(
 
 
 @pytest.mark.asyncio
-async def test_unanswerable_garbage_is_dropped(
-    make_harness: HarnessFactory, udp_peer: UdpPeerFactory
-) -> None:
-    harness = make_harness()
-    bound = await harness.manager.listen("udp", "127.0.0.1", 0)
-    peer = await udp_peer()
-    target = ("127.0.0.1", bound.port)
+async def test_unanswerable_garbage_is_dropped(listen_udp: ListenUdp) -> None:
+    harness, _, peer, target = await listen_udp()
     peer.send(b"HELLO THERE\r\n\r\n", target)
     await harness.recorder.parse_error()
     peer.send(sip_request(call_id="next"), target)
@@ -160,3 +158,23 @@ async def test_send_without_a_listener_of_that_family_fails(make_harness: Harnes
     message = parse_message(sip_request())
     with pytest.raises(TransportError):
         harness.manager.send(message, Endpoint("udp", "::1", 5060))
+
+
+def _rmem_max() -> int | None:
+    limit_file = Path("/proc/sys/net/core/rmem_max")
+    return int(limit_file.read_text()) if limit_file.is_file() else None
+
+
+@pytest.mark.asyncio
+async def test_udp_listener_asks_for_a_large_receive_buffer(make_harness: HarnessFactory) -> None:
+    rmem_max = _rmem_max()
+    if rmem_max is None:
+        pytest.skip("needs Linux's net.core.rmem_max")
+    allowed = min(UDP_RECEIVE_BUFFER, rmem_max)
+    harness = make_harness()
+    await harness.manager.listen("udp", "127.0.0.1", 0)
+    (_, listener), *_ = harness.manager._udp
+    assert listener._transport is not None
+    sock = listener._transport.get_extra_info("socket")
+    # Linux reports twice the size asked for (bookkeeping overhead included).
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= allowed

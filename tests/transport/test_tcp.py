@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 import pytest
 
@@ -14,6 +15,7 @@ from sipushd.transport import TransportError, TransportLimits, response_destinat
 from tests.transport.conftest import ClientFactory, HarnessFactory
 from tests.transport.helpers import (
     WAIT,
+    Harness,
     close_writer,
     needs_ipv6,
     read_message,
@@ -34,13 +36,40 @@ async def until(predicate: Callable[[], bool]) -> None:
     raise AssertionError("condition never held")
 
 
+class Connection(NamedTuple):
+    """A harness listening on TCP 127.0.0.1, its port, and one client connected to it."""
+
+    harness: Harness
+    port: int
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+
+Connect = Callable[..., Awaitable[Connection]]
+
+
+@pytest.fixture
+def connect(make_harness: HarnessFactory, open_client: ClientFactory) -> Connect:
+    """Start a TCP listener (with the given limits) and connect one client to it."""
+
+    async def factory(limits: TransportLimits | None = None) -> Connection:
+        harness = make_harness(limits)
+        bound = await harness.manager.listen("tcp", "127.0.0.1", 0)
+        reader, writer = await open_client("127.0.0.1", bound.port)
+        return Connection(harness, bound.port, reader, writer)
+
+    return factory
+
+
+async def ping(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Send a double-CRLF keep-alive and expect the single-CRLF pong (RFC 5626 §3.5.1)."""
+    writer.write(b"\r\n\r\n")
+    assert await asyncio.wait_for(reader.readexactly(2), WAIT) == b"\r\n"
+
+
 @pytest.mark.asyncio
-async def test_request_has_flow_and_response_uses_the_same_connection(
-    make_harness: HarnessFactory, open_client: ClientFactory
-) -> None:
-    harness = make_harness()
-    bound = await harness.manager.listen("tcp", "127.0.0.1", 0)
-    reader, writer = await open_client("127.0.0.1", bound.port)
+async def test_request_has_flow_and_response_uses_the_same_connection(connect: Connect) -> None:
+    harness, _, reader, writer = await connect()
     writer.write(sip_request(via=TCP_VIA))
     message, source = await harness.recorder.request()
     local_port = writer.get_extra_info("sockname")[1]
@@ -60,12 +89,8 @@ async def test_request_has_flow_and_response_uses_the_same_connection(
 
 
 @pytest.mark.asyncio
-async def test_two_messages_in_one_segment(
-    make_harness: HarnessFactory, open_client: ClientFactory
-) -> None:
-    harness = make_harness()
-    bound = await harness.manager.listen("tcp", "127.0.0.1", 0)
-    _, writer = await open_client("127.0.0.1", bound.port)
+async def test_two_messages_in_one_segment(connect: Connect) -> None:
+    harness, _, _, writer = await connect()
     writer.write(
         sip_request(via=TCP_VIA, call_id="one", body=b"v=0\r\n")
         + sip_request(via=TCP_VIA, call_id="two")
@@ -79,12 +104,8 @@ async def test_two_messages_in_one_segment(
 
 @pytest.mark.parametrize("cut_after", [b"Call-ID", b"hello"], ids=["in-head", "in-body"])
 @pytest.mark.asyncio
-async def test_message_split_across_segments(
-    make_harness: HarnessFactory, open_client: ClientFactory, cut_after: bytes
-) -> None:
-    harness = make_harness()
-    bound = await harness.manager.listen("tcp", "127.0.0.1", 0)
-    _, writer = await open_client("127.0.0.1", bound.port)
+async def test_message_split_across_segments(connect: Connect, cut_after: bytes) -> None:
+    harness, _, _, writer = await connect()
     data = sip_request(via=TCP_VIA, call_id="split", body=b"hello body")
     cut = data.index(cut_after) + 3
     writer.write(data[:cut])
@@ -97,14 +118,9 @@ async def test_message_split_across_segments(
 
 
 @pytest.mark.asyncio
-async def test_ping_gets_a_single_crlf_pong(
-    make_harness: HarnessFactory, open_client: ClientFactory
-) -> None:
-    harness = make_harness()
-    bound = await harness.manager.listen("tcp", "127.0.0.1", 0)
-    reader, writer = await open_client("127.0.0.1", bound.port)
-    writer.write(b"\r\n\r\n")
-    assert await asyncio.wait_for(reader.readexactly(2), WAIT) == b"\r\n"
+async def test_ping_gets_a_single_crlf_pong(connect: Connect) -> None:
+    harness, _, reader, writer = await connect()
+    await ping(reader, writer)
     writer.write(b"\r\n\r\n\r\n\r\n" + sip_request(via=TCP_VIA, call_id="after-pings"))
     assert await asyncio.wait_for(reader.readexactly(4), WAIT) == b"\r\n\r\n"
     message, _ = await harness.recorder.request()
@@ -114,12 +130,8 @@ async def test_ping_gets_a_single_crlf_pong(
 
 
 @pytest.mark.asyncio
-async def test_parse_error_gets_400_then_close(
-    make_harness: HarnessFactory, open_client: ClientFactory
-) -> None:
-    harness = make_harness()
-    bound = await harness.manager.listen("tcp", "127.0.0.1", 0)
-    reader, writer = await open_client("127.0.0.1", bound.port)
+async def test_parse_error_gets_400_then_close(connect: Connect) -> None:
+    harness, _, reader, writer = await connect()
     writer.write(
         sip_request(via=TCP_VIA, call_id="bad-tcp").replace(b"Max-Forwards: 70", b"Max-Forwards: x")
     )
@@ -136,12 +148,8 @@ async def test_parse_error_gets_400_then_close(
 
 
 @pytest.mark.asyncio
-async def test_garbage_on_a_stream_just_closes(
-    make_harness: HarnessFactory, open_client: ClientFactory
-) -> None:
-    harness = make_harness()
-    bound = await harness.manager.listen("tcp", "127.0.0.1", 0)
-    reader, writer = await open_client("127.0.0.1", bound.port)
+async def test_garbage_on_a_stream_just_closes(connect: Connect) -> None:
+    harness, _, reader, writer = await connect()
     writer.write(b"\x16\x03\x01 not sip at all\r\n\r\n")
     assert await read_to_eof(reader) == b""
     await harness.recorder.parse_error()
@@ -150,12 +158,8 @@ async def test_garbage_on_a_stream_just_closes(
 
 
 @pytest.mark.asyncio
-async def test_oversize_message_closes(
-    make_harness: HarnessFactory, open_client: ClientFactory
-) -> None:
-    harness = make_harness(TransportLimits(max_message_size=2048))
-    bound = await harness.manager.listen("tcp", "127.0.0.1", 0)
-    reader, writer = await open_client("127.0.0.1", bound.port)
+async def test_oversize_message_closes(connect: Connect) -> None:
+    harness, _, reader, writer = await connect(TransportLimits(max_message_size=2048))
     writer.write(sip_request(via=TCP_VIA, body=b"x" * 4096))
     data = await read_to_eof(reader)
     assert data == b"" or data.startswith(b"SIP/2.0 413")
@@ -167,12 +171,8 @@ async def test_oversize_message_closes(
 
 
 @pytest.mark.asyncio
-async def test_endless_head_closes(
-    make_harness: HarnessFactory, open_client: ClientFactory
-) -> None:
-    harness = make_harness(TransportLimits(max_message_size=2048))
-    bound = await harness.manager.listen("tcp", "127.0.0.1", 0)
-    reader, writer = await open_client("127.0.0.1", bound.port)
+async def test_endless_head_closes(connect: Connect) -> None:
+    harness, _, reader, writer = await connect(TransportLimits(max_message_size=2048))
     writer.write(b"REGISTER sip:example.org SIP/2.0\r\n" + b"X-Filler: aaaaaaaa\r\n" * 200)
     await read_to_eof(reader)
     await harness.recorder.closed_flow()
@@ -180,14 +180,9 @@ async def test_endless_head_closes(
 
 
 @pytest.mark.asyncio
-async def test_idle_connection_is_closed(
-    make_harness: HarnessFactory, open_client: ClientFactory
-) -> None:
-    harness = make_harness(TransportLimits(idle_timeout=0.2))
-    bound = await harness.manager.listen("tcp", "127.0.0.1", 0)
-    reader, writer = await open_client("127.0.0.1", bound.port)
-    writer.write(b"\r\n\r\n")
-    assert await asyncio.wait_for(reader.readexactly(2), WAIT) == b"\r\n"
+async def test_idle_connection_is_closed(connect: Connect) -> None:
+    harness, _, reader, writer = await connect(TransportLimits(idle_timeout=0.2))
+    await ping(reader, writer)
     assert await read_to_eof(reader) == b""
     closed = await harness.recorder.closed_flow()
     assert closed.transport == "tcp" and not harness.manager.flow_alive(closed)
@@ -197,35 +192,26 @@ async def test_idle_connection_is_closed(
 
 @pytest.mark.asyncio
 async def test_connections_beyond_the_limit_are_refused(
-    make_harness: HarnessFactory, open_client: ClientFactory
+    connect: Connect, open_client: ClientFactory
 ) -> None:
-    harness = make_harness(TransportLimits(max_connections=1))
-    bound = await harness.manager.listen("tcp", "127.0.0.1", 0)
-    reader1, writer1 = await open_client("127.0.0.1", bound.port)
-    writer1.write(b"\r\n\r\n")
-    assert await asyncio.wait_for(reader1.readexactly(2), WAIT) == b"\r\n"
-    reader2, writer2 = await open_client("127.0.0.1", bound.port)
+    harness, port, reader1, writer1 = await connect(TransportLimits(max_connections=1))
+    await ping(reader1, writer1)
+    reader2, writer2 = await open_client("127.0.0.1", port)
     assert await read_to_eof(reader2) == b""
     assert harness.manager.stats().rejected_connections == 1
     # The first connection is unaffected; once it leaves, a new one is accepted.
-    writer1.write(b"\r\n\r\n")
-    assert await asyncio.wait_for(reader1.readexactly(2), WAIT) == b"\r\n"
+    await ping(reader1, writer1)
     await close_writer(writer1)
     await harness.recorder.closed_flow()
-    reader3, writer3 = await open_client("127.0.0.1", bound.port)
-    writer3.write(b"\r\n\r\n")
-    assert await asyncio.wait_for(reader3.readexactly(2), WAIT) == b"\r\n"
+    reader3, writer3 = await open_client("127.0.0.1", port)
+    await ping(reader3, writer3)
     await close_writer(writer2)
     await close_writer(writer3)
 
 
 @pytest.mark.asyncio
-async def test_flow_closed_when_the_client_leaves(
-    make_harness: HarnessFactory, open_client: ClientFactory
-) -> None:
-    harness = make_harness()
-    bound = await harness.manager.listen("tcp", "127.0.0.1", 0)
-    _, writer = await open_client("127.0.0.1", bound.port)
+async def test_flow_closed_when_the_client_leaves(connect: Connect) -> None:
+    harness, _, _, writer = await connect()
     writer.write(sip_request(via=TCP_VIA))
     _, source = await harness.recorder.request()
     assert harness.manager.flow_alive(source)
@@ -360,18 +346,16 @@ async def test_ipv6_listener_and_outgoing(
 
 @pytest.mark.asyncio
 async def test_close_closes_listeners_and_connections(
-    make_harness: HarnessFactory, open_client: ClientFactory
+    connect: Connect, open_client: ClientFactory
 ) -> None:
-    harness = make_harness()
-    bound = await harness.manager.listen("tcp", "127.0.0.1", 0)
-    reader, writer = await open_client("127.0.0.1", bound.port)
+    harness, port, reader, writer = await connect()
     writer.write(b"\r\n\r\n")
     await asyncio.wait_for(reader.readexactly(2), WAIT)
     await harness.manager.close()
     assert await read_to_eof(reader) == b""
     assert harness.manager.stats().connections["tcp"] == 0
     with pytest.raises(OSError):
-        await open_client("127.0.0.1", bound.port)
+        await open_client("127.0.0.1", port)
     with pytest.raises(TransportError):
-        harness.manager.send(parse_message(sip_request()), Endpoint("tcp", "127.0.0.1", bound.port))
+        harness.manager.send(parse_message(sip_request()), Endpoint("tcp", "127.0.0.1", port))
     await close_writer(writer)

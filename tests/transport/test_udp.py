@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -36,7 +38,7 @@ def listen_udp(make_harness: HarnessFactory, udp_peer: UdpPeerFactory) -> Listen
     async def factory() -> UdpSetup:
         harness = make_harness()
         bound = await harness.manager.listen("udp", "127.0.0.1", 0)
-        return UdpSetup(harness, bound, await udp_peer(), target)
+        return UdpSetup(harness, bound, await udp_peer(), ("127.0.0.1", bound.port))
 
     return factory
 

@@ -46,6 +46,7 @@ push:
 
 @pytest.fixture
 def config(pns: MockPushService, apns_key: tuple[Path, Path], tmp_path: Path) -> Path:
+    """A config file pointing APNs and FCM at the mock push service."""
     return write_config(tmp_path, pns, apns_key[0])
 
 
@@ -59,12 +60,8 @@ async def push_test(capsys: Capture, *argv: str) -> tuple[int, str]:
 
 @pytest.mark.asyncio
 async def test_apns_voip_push_is_delivered(
-    pns: MockPushService,
-    apns_key: tuple[Path, Path],
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    pns: MockPushService, config: Path, capsys: Capture
 ) -> None:
-    config = write_config(tmp_path, pns, apns_key[0])
     status, output = await push_test(
         capsys,
         "--config", str(config), "--provider", "apns", "--app", BUNDLE,
@@ -82,12 +79,8 @@ async def test_apns_voip_push_is_delivered(
 
 @pytest.mark.asyncio
 async def test_dead_apns_token_exits_1_with_the_reason(
-    pns: MockPushService,
-    apns_key: tuple[Path, Path],
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    pns: MockPushService, config: Path, capsys: Capture
 ) -> None:
-    config = write_config(tmp_path, pns, apns_key[0])
     pns.set_rules([f"token={TOKEN}:410:Unregistered"])
     status, output = await push_test(
         capsys,
@@ -99,13 +92,7 @@ async def test_dead_apns_token_exits_1_with_the_reason(
 
 
 @pytest.mark.asyncio
-async def test_fcm_background_push(
-    pns: MockPushService,
-    apns_key: tuple[Path, Path],
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    config = write_config(tmp_path, pns, apns_key[0])
+async def test_fcm_background_push(pns: MockPushService, config: Path, capsys: Capture) -> None:
     status, output = await push_test(
         capsys,
         "--config", str(config), "--provider", "fcm", "--app", PROJECT,
@@ -119,12 +106,8 @@ async def test_fcm_background_push(
 
 @pytest.mark.asyncio
 async def test_unknown_app_and_bad_config(
-    pns: MockPushService,
-    apns_key: tuple[Path, Path],
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    pns: MockPushService, config: Path, capsys: Capture
 ) -> None:
-    config = write_config(tmp_path, pns, apns_key[0])
     status, _ = await push_test(
         capsys,
         "--config",
@@ -147,13 +130,7 @@ async def test_unknown_app_and_bad_config(
 
 
 @pytest.mark.asyncio
-async def test_command_line(
-    pns: MockPushService,
-    apns_key: tuple[Path, Path],
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    config = write_config(tmp_path, pns, apns_key[0])
+async def test_command_line(pns: MockPushService, config: Path, capsys: Capture) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "sipushd", "push-test", "--config", str(config),

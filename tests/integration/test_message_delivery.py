@@ -113,6 +113,13 @@ async def register(phone: SipClient, *, uuid: int = 1, push: bool = True) -> Non
     assert response.status == 200, response
 
 
+async def registered(daemon: Daemon, *, uuid: int = 1, push: bool = True) -> SipClient:
+    """A phone connected over TCP and registered as `uuid`."""
+    phone = await connect(daemon)
+    await register(phone, uuid=uuid, push=push)
+    return phone
+
+
 def send_message(
     sender: SipClient, body: bytes = b"hello", content_type: str = "text/plain"
 ) -> Request:
@@ -153,6 +160,19 @@ async def fall_asleep(daemon: Daemon, phone: SipClient) -> None:
     await until(gone)
 
 
+async def asleep(daemon: Daemon, *, uuid: int = 1) -> None:
+    """A phone that registers with a push token, then goes away (its connection closed)."""
+    await fall_asleep(daemon, await registered(daemon, uuid=uuid))
+
+
+async def send_stored(daemon: Daemon, body: bytes = b"hello") -> Request:
+    """Send a MESSAGE from a UDP sender and expect it stored for later: 202 (RFC 3428 §7)."""
+    async with await connect(daemon, "udp") as sender:
+        sent = send_message(sender, body)
+        assert (await sender.final_response()).status == 202
+    return sent
+
+
 async def no_request(ua: SipClient, wait: float = 0.3) -> bool:
     try:
         await ua.next_request("MESSAGE", timeout=wait)
@@ -171,8 +191,7 @@ def deliveries(result: str) -> float:
 @pytest.mark.asyncio
 async def test_an_online_phone_gets_the_message_and_its_200_reaches_the_sender() -> None:
     async with running(make_config()) as (daemon, pushes):
-        phone = await connect(daemon)
-        await register(phone, push=False)
+        phone = await registered(daemon, push=False)
         async with await connect(daemon, "udp") as sender:
             sent = send_message(sender)
             got = await phone.next_request("MESSAGE")
@@ -194,9 +213,7 @@ async def _equals(value: Awaitable[int], expected: int) -> bool:
 @pytest.mark.asyncio
 async def test_a_sleeping_phone_is_pushed_gets_202_then_the_message_once_it_registers() -> None:
     async with running(make_config()) as (daemon, pushes):
-        phone = await connect(daemon)
-        await register(phone)
-        await fall_asleep(daemon, phone)
+        await asleep(daemon)
         async with await connect(daemon, "udp") as sender:
             sent = send_message(sender, b"are you there?")
             (push,) = await pushes.wait_for(1)
@@ -211,8 +228,7 @@ async def test_a_sleeping_phone_is_pushed_gets_202_then_the_message_once_it_regi
         assert build_apns(push, time.time()).payload["call_id"] == sent.call_id
         assert await stored(daemon) == 1
 
-        phone = await connect(daemon)
-        await register(phone)
+        phone = await registered(daemon)
         got = await phone.next_request("MESSAGE")
         assert (got.body, got.call_id, got.content_type) == (
             b"are you there?",
@@ -233,14 +249,11 @@ async def test_a_sleeping_phone_is_pushed_gets_202_then_the_message_once_it_regi
 @pytest.mark.asyncio
 async def test_a_phone_waking_within_the_accept_time_answers_the_sender_itself() -> None:
     async with running(make_config(message_accept_timeout=5)) as (daemon, pushes):
-        phone = await connect(daemon)
-        await register(phone)
-        await fall_asleep(daemon, phone)
+        await asleep(daemon)
         async with await connect(daemon, "udp") as sender:
             send_message(sender)
             await pushes.wait_for(1)
-            phone = await connect(daemon)
-            await register(phone)
+            phone = await registered(daemon)
             phone.answer(await phone.next_request("MESSAGE"), 200)
             response = await sender.final_response()
         await phone.close()
@@ -251,15 +264,12 @@ async def test_a_phone_waking_within_the_accept_time_answers_the_sender_itself()
 @pytest.mark.asyncio
 async def test_stored_messages_arrive_in_order_one_at_a_time() -> None:
     async with running(make_config()) as (daemon, _pushes):
-        phone = await connect(daemon)
-        await register(phone)
-        await fall_asleep(daemon, phone)
+        await asleep(daemon)
         async with await connect(daemon, "udp") as sender:
             for text in (b"one", b"two", b"three"):
                 send_message(sender, text)
                 assert (await sender.final_response()).status == 202
-        phone = await connect(daemon)
-        await register(phone)
+        phone = await registered(daemon)
         bodies = []
         for _ in range(3):
             got = await phone.next_request("MESSAGE")
@@ -273,10 +283,8 @@ async def test_stored_messages_arrive_in_order_one_at_a_time() -> None:
 @pytest.mark.asyncio
 async def test_every_device_gets_it_even_after_another_one_answered() -> None:
     async with running(make_config()) as (daemon, pushes):
-        desk = await connect(daemon)
-        await register(desk, uuid=1, push=False)
-        phone = await connect(daemon)
-        await register(phone, uuid=2)
+        desk = await registered(daemon, uuid=1, push=False)
+        phone = await registered(daemon, uuid=2)
         await fall_asleep_one(daemon, phone)
         async with await connect(daemon, "udp") as sender:
             send_message(sender)
@@ -284,8 +292,7 @@ async def test_every_device_gets_it_even_after_another_one_answered() -> None:
             assert (await sender.final_response()).status == 200
         assert len(await pushes.wait_for(1)) == 1
         assert await stored(daemon) == 1, "kept for the phone"
-        phone = await connect(daemon)
-        await register(phone, uuid=2)
+        phone = await registered(daemon, uuid=2)
         phone.answer(await phone.next_request("MESSAGE"), 200)
         await until(lambda: _equals(stored(daemon), 0))
         await register(desk, uuid=1, push=False)
@@ -313,14 +320,9 @@ async def fall_asleep_one(daemon: Daemon, phone: SipClient) -> None:
 @pytest.mark.asyncio
 async def test_a_retry_answer_keeps_it_and_a_refusal_ends_it() -> None:
     async with running(make_config()) as (daemon, _pushes):
-        phone = await connect(daemon)
-        await register(phone)
-        await fall_asleep(daemon, phone)
-        async with await connect(daemon, "udp") as sender:
-            send_message(sender)
-            assert (await sender.final_response()).status == 202
-        phone = await connect(daemon)
-        await register(phone)
+        await asleep(daemon)
+        await send_stored(daemon)
+        phone = await registered(daemon)
         phone.answer(await phone.next_request("MESSAGE"), 480)
         await register(phone)
         phone.answer(await phone.next_request("MESSAGE"), 415)  # sent again after 480
@@ -333,9 +335,7 @@ async def test_a_retry_answer_keeps_it_and_a_refusal_ends_it() -> None:
 @pytest.mark.asyncio
 async def test_is_composing_to_a_sleeping_phone_gets_480_and_is_neither_stored_nor_pushed() -> None:
     async with running(make_config()) as (daemon, pushes):
-        phone = await connect(daemon)
-        await register(phone)
-        await fall_asleep(daemon, phone)
+        await asleep(daemon)
         async with await connect(daemon, "udp") as sender:
             send_message(sender, b"<isComposing/>", "application/im-iscomposing+xml")
             response = await sender.final_response()
@@ -347,8 +347,7 @@ async def test_is_composing_to_a_sleeping_phone_gets_480_and_is_neither_stored_n
 @pytest.mark.asyncio
 async def test_is_composing_reaches_an_online_phone() -> None:
     async with running(make_config()) as (daemon, pushes):
-        phone = await connect(daemon)
-        await register(phone)
+        phone = await registered(daemon)
         async with await connect(daemon, "udp") as sender:
             send_message(sender, b"<imdn/>", "message/imdn+xml")
             phone.answer(await phone.next_request("MESSAGE"), 200)
@@ -370,9 +369,7 @@ async def test_an_aor_without_bindings_gets_480_at_once() -> None:
 @pytest.mark.asyncio
 async def test_past_the_per_aor_limit_the_sender_gets_486() -> None:
     async with running(make_config(max_stored_messages_per_aor=1)) as (daemon, _pushes):
-        phone = await connect(daemon)
-        await register(phone)
-        await fall_asleep(daemon, phone)
+        await asleep(daemon)
         before = deliveries("rejected")
         async with await connect(daemon, "udp") as sender:
             send_message(sender, b"first")
@@ -388,15 +385,10 @@ async def test_past_the_per_aor_limit_the_sender_gets_486() -> None:
 async def test_a_failing_push_provider_loses_nothing() -> None:
     async with running(make_config()) as (daemon, pushes):
         pushes.fail = True
-        phone = await connect(daemon)
-        await register(phone)
-        await fall_asleep(daemon, phone)
-        async with await connect(daemon, "udp") as sender:
-            send_message(sender, b"still here")
-            assert (await sender.final_response()).status == 202
+        await asleep(daemon)
+        await send_stored(daemon, b"still here")
         assert len(pushes.sent) == 1
-        phone = await connect(daemon)
-        await register(phone)
+        phone = await registered(daemon)
         got = await phone.next_request("MESSAGE")
         phone.answer(got, 200)
         await phone.close()
@@ -407,17 +399,12 @@ async def test_a_failing_push_provider_loses_nothing() -> None:
 async def test_a_restart_loses_nothing(tmp_path: Path) -> None:
     config = make_config(tmp_path / "sipushd.db")
     async with running(config) as (daemon, pushes):
-        phone = await connect(daemon)
-        await register(phone)
-        await fall_asleep(daemon, phone)
-        async with await connect(daemon, "udp") as sender:
-            sent = send_message(sender, b"before the restart")
-            assert (await sender.final_response()).status == 202
+        await asleep(daemon)
+        sent = await send_stored(daemon, b"before the restart")
         assert [p.call_id for p in pushes.sent] == [sent.call_id]
     async with running(config) as (daemon, _pushes):
         assert await stored(daemon) == 1
-        phone = await connect(daemon)
-        await register(phone)
+        phone = await registered(daemon)
         got = await phone.next_request("MESSAGE")
         assert (got.body, got.call_id) == (b"before the restart", sent.call_id)
         phone.answer(got, 200)
@@ -430,14 +417,9 @@ async def test_a_restart_loses_nothing(tmp_path: Path) -> None:
 @pytest.mark.asyncio
 async def test_a_device_registering_for_the_first_time_gets_a_message_still_stored() -> None:
     async with running(make_config()) as (daemon, _pushes):
-        phone = await connect(daemon)
-        await register(phone, uuid=1)
-        await fall_asleep(daemon, phone)
-        async with await connect(daemon, "udp") as sender:
-            send_message(sender, b"for every device")
-            assert (await sender.final_response()).status == 202
-        tablet = await connect(daemon)
-        await register(tablet, uuid=3)
+        await asleep(daemon, uuid=1)
+        await send_stored(daemon, b"for every device")
+        tablet = await registered(daemon, uuid=3)
         got = await tablet.next_request("MESSAGE")
         tablet.answer(got, 200)
         assert got.body == b"for every device"
@@ -450,9 +432,7 @@ async def test_a_device_registering_for_the_first_time_gets_a_message_still_stor
 @pytest.mark.asyncio
 async def test_a_message_resent_in_a_new_transaction_is_stored_once() -> None:
     async with running(make_config()) as (daemon, _pushes):
-        phone = await connect(daemon)
-        await register(phone)
-        await fall_asleep(daemon, phone)
+        await asleep(daemon)
         async with await connect(daemon, "udp") as sender:
             first = send_message(sender)
             assert (await sender.final_response()).status == 202
@@ -476,9 +456,7 @@ async def test_a_stopping_daemon_answers_202_for_a_stored_message_still_waiting(
     daemon = Daemon(make_config(message_accept_timeout=20))
     await daemon.start()
     try:
-        phone = await connect(daemon)
-        await register(phone)
-        await fall_asleep(daemon, phone)
+        await asleep(daemon)
         async with await connect(daemon, "udp") as sender:
             send_message(sender)
             await until(lambda: _equals(stored(daemon), 1))
@@ -494,19 +472,14 @@ async def test_a_stopping_daemon_answers_202_for_a_stored_message_still_waiting(
 async def test_expired_messages_are_purged_and_never_delivered() -> None:
     async with running(make_config(message_delivery_timeout=60)) as (daemon, _pushes):
         assert daemon.messages is not None
-        phone = await connect(daemon)
-        await register(phone)
-        await fall_asleep(daemon, phone)
-        async with await connect(daemon, "udp") as sender:
-            send_message(sender)
-            assert (await sender.final_response()).status == 202
+        await asleep(daemon)
+        await send_stored(daemon)
         before = deliveries("expired")
         daemon.messages.clock = lambda: time.time() + 61
         assert await daemon.messages.purge() == 1
         assert deliveries("expired") == before + 1
         assert metrics.REGISTRY.get_sample_value("sipushd_stored_messages") == 0
-        phone = await connect(daemon)
-        await register(phone)
+        phone = await registered(daemon)
         assert await no_request(phone)
         await phone.close()
 
@@ -514,11 +487,9 @@ async def test_expired_messages_are_purged_and_never_delivered() -> None:
 @pytest.mark.asyncio
 async def test_a_message_to_a_gruu_is_kept_for_that_device_only() -> None:
     async with running(make_config()) as (daemon, pushes):
-        tablet = await connect(daemon)
-        await register(tablet, uuid=2)
+        tablet = await registered(daemon, uuid=2)
         await fall_asleep_one(daemon, tablet)
-        phone = await connect(daemon)
-        await register(phone, uuid=1)
+        phone = await registered(daemon, uuid=1)
         await fall_asleep_one(daemon, phone)
         gruu = f"{AOR};gr=urn:uuid:00000000-0000-0000-0000-000000000001"
         async with await connect(daemon, "udp") as sender:
@@ -534,11 +505,9 @@ async def test_a_message_to_a_gruu_is_kept_for_that_device_only() -> None:
             assert (await sender.final_response()).status == 202
         assert [p.token for p in await pushes.wait_for(1)] == [token(1)]
         assert len(pushes.sent) == 1, "one device woken, not two"
-        tablet = await connect(daemon)
-        await register(tablet, uuid=2)
+        tablet = await registered(daemon, uuid=2)
         assert await no_request(tablet)
-        phone = await connect(daemon)
-        await register(phone, uuid=1)
+        phone = await registered(daemon, uuid=1)
         got = await phone.next_request("MESSAGE")
         phone.answer(got, 200)
         assert got.body == b"just the phone"
@@ -550,8 +519,7 @@ async def test_a_message_to_a_gruu_is_kept_for_that_device_only() -> None:
 @pytest.mark.asyncio
 async def test_a_route_to_us_is_removed_and_other_domains_go_to_the_proxy() -> None:
     async with running(make_config()) as (daemon, _pushes):
-        phone = await connect(daemon)
-        await register(phone)
+        phone = await registered(daemon)
         host, port = address(daemon, "udp")
         async with await connect(daemon, "udp") as sender:
             routed = sender.build(

@@ -55,6 +55,9 @@ class PushRecorder:
         return self.pushes
 
 
+PASSWORD = "secret-pass"
+
+
 def config(tmp_path: Path, **overrides: Any) -> Config:
     raw: dict[str, Any] = {
         "sip": {"domains": ["example.org"], "listen": ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]},
@@ -66,6 +69,17 @@ def config(tmp_path: Path, **overrides: Any) -> Config:
     for key, value in overrides.items():
         raw.setdefault(key, {}).update(value)
     return Config.model_validate(raw)
+
+
+def auth_config(tmp_path: Path, user: str) -> Config:
+    """A config with digest auth on (RFC 3261 §22) and one user whose password is PASSWORD."""
+    from sipushd.users import set_user
+
+    users = tmp_path / "users.yaml"
+    set_user(users, "example.org", user, PASSWORD)
+    return config(
+        tmp_path, auth={"enabled": True, "realm": "example.org", "users_file": str(users)}
+    )
 
 
 @asynccontextmanager
@@ -120,6 +134,37 @@ async def register(
     )
     ua.send(request)
     return await ua.final_response()
+
+
+async def registered(
+    daemon: Daemon,
+    transport: str = "tcp",
+    *,
+    params: str = "",
+    uuid: int | None = None,
+) -> SipClient:
+    """A phone connected over `transport` whose REGISTER for bob got a 200."""
+    ua = await phone(daemon, transport)
+    assert (await register(ua, params=params, uuid=uuid)).status == 200
+    return ua
+
+
+async def register_asleep(daemon: Daemon, *, params: str, uuid: int) -> None:
+    """Register a push-capable phone, then close its connection (the OS killed its socket)."""
+    ua = await registered(daemon, params=params, uuid=uuid)
+    await ua.close()
+
+
+@asynccontextmanager
+async def running_with_upstream(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[Daemon, SipClient, str]]:
+    """A daemon whose routing.upstream is a UDP peer playing the PBX: (daemon, pbx, its URI)."""
+    async with await SipClient.connect("udp", ("127.0.0.1", 9)) as pbx:
+        upstream = f"sip:{pbx.local[0]}:{pbx.local[1]}"
+        async with running(config(tmp_path, routing={"upstream": upstream})) as (daemon, _):
+            pbx.server = address(daemon, "udp")
+            yield daemon, pbx, upstream
 
 
 def authorization(challenge: Response, user: str, password: str, method: str, uri: str) -> str:

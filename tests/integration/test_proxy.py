@@ -15,12 +15,15 @@ from tests.integration.proxy_helpers import (
     ALERT_PARAMS,
     VOIP_PARAMS,
     answer,
+    auth_config,
     config,
     in_dialog,
     invite,
     no_request,
     phone,
     register,
+    register_asleep,
+    registered,
     running,
 )
 
@@ -64,9 +67,7 @@ async def test_held_invite_is_forked_once_to_the_phone_that_registers_after_the_
     tmp_path: Path,
 ) -> None:
     async with running(config(tmp_path)) as (daemon, pushes):
-        asleep = await phone(daemon)
-        assert (await register(asleep, params=VOIP_PARAMS, uuid=1)).status == 200
-        await asleep.close()  # iOS killed the app's socket
+        await register_asleep(daemon, params=VOIP_PARAMS, uuid=1)  # iOS killed the app's socket
         alice = await phone(daemon, "udp")
         call = invite(alice)
         alice.send(call)
@@ -80,8 +81,7 @@ async def test_held_invite_is_forked_once_to_the_phone_that_registers_after_the_
         (held,) = daemon.proxy.held()
         assert held["call_id"] == call.call_id and held["aor"] == "sip:bob@example.org"
         wakeups_before = metrics.WAKEUPS.labels(provider="apns")._value.get()
-        awake = await phone(daemon)
-        assert (await register(awake, params=VOIP_PARAMS, uuid=1)).status == 200
+        awake = await registered(daemon, params=VOIP_PARAMS, uuid=1)
         forwarded = await awake.next_request("INVITE")
         assert forwarded.call_id == call.call_id
         assert metrics.WAKEUPS.labels(provider="apns")._value.get() == wakeups_before + 1
@@ -98,11 +98,7 @@ async def test_held_invite_is_forked_once_to_the_phone_that_registers_after_the_
 
 @pytest.mark.asyncio
 async def test_challenged_register_then_resent_forks_exactly_one_invite(tmp_path: Path) -> None:
-    from sipushd.users import set_user
-
-    users = tmp_path / "users.yaml"
-    set_user(users, "example.org", "bob", "secret-pass")
-    cfg = config(tmp_path, auth={"enabled": True, "realm": "example.org", "users_file": str(users)})
+    cfg = auth_config(tmp_path, "bob")
     async with running(cfg) as (daemon, pushes):
         alice = await phone(daemon, "udp")
         asleep = await phone(daemon)
@@ -139,10 +135,8 @@ async def test_caller_cancel_while_held_gives_487_missed_call_push_and_late_invi
     tmp_path: Path,
 ) -> None:
     async with running(config(tmp_path)) as (daemon, pushes):
-        ipad = await phone(daemon)
-        assert (await register(ipad, params=ALERT_PARAMS, uuid=3)).status == 200
-        iphone = await phone(daemon)
-        assert (await register(iphone, params=VOIP_PARAMS, uuid=4)).status == 200
+        ipad = await registered(daemon, params=ALERT_PARAMS, uuid=3)
+        iphone = await registered(daemon, params=VOIP_PARAMS, uuid=4)
         await ipad.close()
         await iphone.close()
         alice = await phone(daemon, "udp")
@@ -165,8 +159,7 @@ async def test_caller_cancel_while_held_gives_487_missed_call_push_and_late_invi
         assert missed[2].service is PushService.REMOTE and missed[2].token == "44ee55ff"
         assert missed[2].cancel_reason == 'SIP;cause=487;text="Caller gave up"'
         # The VoIP-woken phone registers afterwards: INVITE, then CANCEL (CallKit).
-        woken = await phone(daemon)
-        assert (await register(woken, params=VOIP_PARAMS, uuid=4)).status == 200
+        woken = await registered(daemon, params=VOIP_PARAMS, uuid=4)
         late = await woken.next_request("INVITE")
         answer(woken, late, 180)
         cancelled = await woken.next_request("CANCEL")
@@ -208,9 +201,7 @@ async def test_two_devices_ring_one_answers_the_other_gets_cancel_with_reason(
 @pytest.mark.asyncio
 async def test_nobody_answers_within_call_timeout_480(tmp_path: Path) -> None:
     async with running(config(tmp_path, routing={"call_timeout": 1})) as (daemon, pushes):
-        asleep = await phone(daemon)
-        assert (await register(asleep, params=VOIP_PARAMS, uuid=7)).status == 200
-        await asleep.close()
+        await register_asleep(daemon, params=VOIP_PARAMS, uuid=7)
         alice = await phone(daemon, "udp")
         alice.send(invite(alice))
         await pushes.wait_for(1)
@@ -224,9 +215,7 @@ async def test_nobody_answers_within_call_timeout_480(tmp_path: Path) -> None:
 async def test_every_push_failing_ends_the_call_with_480_at_once(tmp_path: Path) -> None:
     async with running(config(tmp_path, routing={"call_timeout": 30})) as (daemon, pushes):
         pushes.fail = True
-        asleep = await phone(daemon)
-        assert (await register(asleep, params=ALERT_PARAMS, uuid=8)).status == 200
-        await asleep.close()
+        await register_asleep(daemon, params=ALERT_PARAMS, uuid=8)
         alice = await phone(daemon, "udp")
         alice.send(invite(alice))
         final = await alice.final_response(timeout=5)
@@ -254,8 +243,7 @@ async def test_unreachable_targets(tmp_path: Path, target: str, status: int) -> 
 @pytest.mark.asyncio
 async def test_options_to_a_user_is_forwarded_and_require_is_not_checked(tmp_path: Path) -> None:
     async with running(config(tmp_path)) as (daemon, _):
-        bob = await phone(daemon)
-        assert (await register(bob)).status == 200
+        bob = await registered(daemon)
         alice = await phone(daemon, "udp")
         alice.send(alice.build("OPTIONS", "sip:bob@example.org", [("Require", "100rel")]))
         options = await bob.next_request("OPTIONS")

@@ -17,7 +17,8 @@ from tests.integration.proxy_helpers import (
     config,
     invite,
     phone,
-    register,
+    register_asleep,
+    registered,
     running,
 )
 
@@ -51,10 +52,8 @@ async def test_alert_push_rings_again_until_the_device_registers_voip_never_repe
 ) -> None:
     cfg = config(tmp_path, push={"call_remote_push_interval": 0.2})
     async with running(cfg) as (daemon, pushes):
-        ipad = await phone(daemon)
-        assert (await register(ipad, params=ALERT_PARAMS, uuid=31)).status == 200
-        iphone = await phone(daemon)
-        assert (await register(iphone, params=VOIP_PARAMS, uuid=32)).status == 200
+        ipad = await registered(daemon, params=ALERT_PARAMS, uuid=31)
+        iphone = await registered(daemon, params=VOIP_PARAMS, uuid=32)
         await ipad.close()
         await iphone.close()
         alice = await phone(daemon, "udp")
@@ -69,8 +68,7 @@ async def test_alert_push_rings_again_until_the_device_registers_voip_never_repe
         assert daemon.dispatcher is not None
         assert daemon.dispatcher.stats.deduplicated == 0
         # The iPad wakes: it gets the INVITE and no more ringing alerts.
-        awake = await phone(daemon)
-        assert (await register(awake, params=ALERT_PARAMS, uuid=31)).status == 200
+        awake = await registered(daemon, params=ALERT_PARAMS, uuid=31)
         forwarded = await awake.next_request("INVITE")
         count = len(alerts(pushes))
         await asyncio.sleep(0.5)
@@ -85,9 +83,7 @@ async def test_alert_push_rings_again_until_the_device_registers_voip_never_repe
 async def test_cancel_stops_the_ringing_alerts(tmp_path: Path) -> None:
     cfg = config(tmp_path, push={"call_remote_push_interval": 0.1})
     async with running(cfg) as (daemon, pushes):
-        ipad = await phone(daemon)
-        assert (await register(ipad, params=ALERT_PARAMS, uuid=33)).status == 200
-        await ipad.close()
+        await register_asleep(daemon, params=ALERT_PARAMS, uuid=33)
         alice = await phone(daemon, "udp")
         call = invite(alice)
         alice.send(call)
@@ -107,9 +103,7 @@ async def test_cancel_stops_the_ringing_alerts(tmp_path: Path) -> None:
 async def test_call_timeout_stops_the_ringing_alerts(tmp_path: Path) -> None:
     cfg = config(tmp_path, push={"call_remote_push_interval": 0.1}, routing={"call_timeout": 0.35})
     async with running(cfg) as (daemon, pushes):
-        ipad = await phone(daemon)
-        assert (await register(ipad, params=ALERT_PARAMS, uuid=34)).status == 200
-        await ipad.close()
+        await register_asleep(daemon, params=ALERT_PARAMS, uuid=34)
         alice = await phone(daemon, "udp")
         alice.send(invite(alice))
         assert (await alice.final_response(timeout=5)).status == 480
@@ -123,9 +117,7 @@ async def test_call_timeout_stops_the_ringing_alerts(tmp_path: Path) -> None:
 @pytest.mark.asyncio
 async def test_without_an_interval_the_alert_is_sent_once(tmp_path: Path) -> None:
     async with running(config(tmp_path)) as (daemon, pushes):
-        ipad = await phone(daemon)
-        assert (await register(ipad, params=ALERT_PARAMS, uuid=35)).status == 200
-        await ipad.close()
+        await register_asleep(daemon, params=ALERT_PARAMS, uuid=35)
         alice = await phone(daemon, "udp")
         alice.send(invite(alice))
         await wait_alerts(pushes, 1)
@@ -140,8 +132,7 @@ async def test_a_delayed_push_rings_again_too(tmp_path: Path) -> None:
     # which the interval (shorter than the delay) repeats.
     push = {"mode": "unreachable", "delay": 0.3, "call_remote_push_interval": 0.1}
     async with running(config(tmp_path, push=push)) as (daemon, pushes):
-        ipad = await phone(daemon)
-        assert (await register(ipad, params=ALERT_PARAMS, uuid=36)).status == 200
+        ipad = await registered(daemon, params=ALERT_PARAMS, uuid=36)
         alice = await phone(daemon, "udp")
         alice.send(invite(alice))
         forwarded = await ipad.next_request("INVITE")

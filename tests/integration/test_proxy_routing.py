@@ -10,18 +10,20 @@ import pytest
 from sipushd.core.payload import PushKind, PushService
 from sipushd.core.proxy import CALL_COMPLETED_ELSEWHERE
 from sipushd.sip import Headers, Response
-from sipushd.testing.ua import SipClient
 from tests.integration.proxy_helpers import (
     ALERT_PARAMS,
     VOIP_PARAMS,
     address,
     answer,
+    auth_config,
     config,
     invite,
     no_request,
     phone,
-    register,
+    register_asleep,
+    registered,
     running,
+    running_with_upstream,
 )
 
 
@@ -30,12 +32,9 @@ async def test_answered_elsewhere_alerts_the_alert_device_and_cancels_the_late_v
     tmp_path: Path,
 ) -> None:
     async with running(config(tmp_path)) as (daemon, pushes):
-        desk = await phone(daemon)
-        assert (await register(desk, uuid=10)).status == 200
+        desk = await registered(daemon, uuid=10)
         for params, uuid in ((ALERT_PARAMS, 11), (VOIP_PARAMS, 12)):
-            sleeper = await phone(daemon)
-            assert (await register(sleeper, params=params, uuid=uuid)).status == 200
-            await sleeper.close()
+            await register_asleep(daemon, params=params, uuid=uuid)
         alice = await phone(daemon, "udp")
         alice.send(invite(alice))
         await pushes.wait_for(2)
@@ -45,8 +44,7 @@ async def test_answered_elsewhere_alerts_the_alert_device_and_cancels_the_late_v
         missed = (await pushes.wait_for(3))[2]
         assert missed.kind is PushKind.MISSED_CALL and missed.service is PushService.REMOTE
         assert missed.cancel_reason == CALL_COMPLETED_ELSEWHERE
-        woken = await phone(daemon)
-        assert (await register(woken, params=VOIP_PARAMS, uuid=12)).status == 200
+        woken = await registered(daemon, params=VOIP_PARAMS, uuid=12)
         late = await woken.next_request("INVITE")
         answer(woken, late, 180)
         cancel = await woken.next_request("CANCEL")
@@ -61,8 +59,7 @@ async def test_answered_elsewhere_alerts_the_alert_device_and_cancels_the_late_v
 async def test_push_mode_unreachable_pushes_only_a_silent_live_flow(tmp_path: Path) -> None:
     cfg = config(tmp_path, push={"mode": "unreachable", "delay": 0.2})
     async with running(cfg) as (daemon, pushes):
-        bob = await phone(daemon)
-        assert (await register(bob, params=VOIP_PARAMS, uuid=13)).status == 200
+        bob = await registered(daemon, params=VOIP_PARAMS, uuid=13)
         alice = await phone(daemon, "udp")
         alice.send(invite(alice))
         ringing = await bob.next_request("INVITE")
@@ -84,36 +81,25 @@ async def test_push_mode_unreachable_pushes_only_a_silent_live_flow(tmp_path: Pa
 
 @pytest.mark.asyncio
 async def test_local_user_calls_outside_through_upstream(tmp_path: Path) -> None:
-    async with await SipClient.connect("udp", ("127.0.0.1", 9)) as pbx:
-        upstream = f"sip:{pbx.local[0]}:{pbx.local[1]}"
-        async with running(config(tmp_path, routing={"upstream": upstream})) as (daemon, _):
-            pbx.server = address(daemon, "udp")
-            alice = await phone(daemon, "udp")
-            call = alice.build(
-                "INVITE", "sip:carol@elsewhere.example", from_="sip:alice@example.org"
-            )
-            alice.send(call)
-            out = await pbx.next_request("INVITE")
-            assert str(out.uri) == "sip:carol@elsewhere.example"
-            assert str(out.routes[0].uri) == f"{upstream};lr"
-            answer(pbx, out, 486)
-            assert (await alice.final_response()).status == 486
-            # Someone else's user may not use us as a relay.
-            foreign = alice.build(
-                "INVITE", "sip:carol@elsewhere.example", from_="sip:x@evil.example"
-            )
-            alice.send(foreign)
-            assert (await alice.final_response()).status == 403
-            await alice.close()
+    async with running_with_upstream(tmp_path) as (daemon, pbx, upstream):
+        alice = await phone(daemon, "udp")
+        call = alice.build("INVITE", "sip:carol@elsewhere.example", from_="sip:alice@example.org")
+        alice.send(call)
+        out = await pbx.next_request("INVITE")
+        assert str(out.uri) == "sip:carol@elsewhere.example"
+        assert str(out.routes[0].uri) == f"{upstream};lr"
+        answer(pbx, out, 486)
+        assert (await alice.final_response()).status == 486
+        # Someone else's user may not use us as a relay.
+        foreign = alice.build("INVITE", "sip:carol@elsewhere.example", from_="sip:x@evil.example")
+        alice.send(foreign)
+        assert (await alice.final_response()).status == 403
+        await alice.close()
 
 
 @pytest.mark.asyncio
 async def test_local_callers_are_challenged_with_407(tmp_path: Path) -> None:
-    from sipushd.users import set_user
-
-    users = tmp_path / "users.yaml"
-    set_user(users, "example.org", "alice", "secret-pass")
-    cfg = config(tmp_path, auth={"enabled": True, "realm": "example.org", "users_file": str(users)})
+    cfg = auth_config(tmp_path, "alice")
     async with running(cfg) as (daemon, _):
         alice = await phone(daemon, "udp")
         alice.send(alice.build("INVITE", "sip:bob@example.org", from_="sip:alice@example.org"))
@@ -155,8 +141,7 @@ async def test_stray_2xx_retransmission_is_forwarded_statelessly(tmp_path: Path)
 @pytest.mark.asyncio
 async def test_in_dialog_request_to_a_gruu_without_route_reaches_the_phone(tmp_path: Path) -> None:
     async with running(config(tmp_path)) as (daemon, _):
-        bob = await phone(daemon)
-        assert (await register(bob, uuid=14)).status == 200
+        bob = await registered(daemon, uuid=14)
         alice = await phone(daemon, "udp")
         gruu = "sip:bob@example.org;gr=urn:uuid:00000000-0000-0000-0000-000000000014"
         bye = alice.build("BYE", gruu, from_="sip:alice@example.net")
@@ -173,9 +158,7 @@ async def test_in_dialog_request_to_a_gruu_without_route_reaches_the_phone(tmp_p
 @pytest.mark.asyncio
 async def test_chat_room_invitation_is_pushed_as_an_alert_never_voip(tmp_path: Path) -> None:
     async with running(config(tmp_path)) as (daemon, pushes):
-        asleep = await phone(daemon)
-        assert (await register(asleep, params=VOIP_PARAMS, uuid=15)).status == 200
-        await asleep.close()
+        await register_asleep(daemon, params=VOIP_PARAMS, uuid=15)
         focus = await phone(daemon, "udp")
         room = "sip:chat-42@conference.example.net"
         request = focus.build(
@@ -198,9 +181,7 @@ async def test_chat_room_invitation_is_pushed_as_an_alert_never_voip(tmp_path: P
 @pytest.mark.asyncio
 async def test_a_late_phone_that_answers_gets_ack_and_bye(tmp_path: Path) -> None:
     async with running(config(tmp_path)) as (daemon, pushes):
-        asleep = await phone(daemon)
-        assert (await register(asleep, params=VOIP_PARAMS, uuid=16)).status == 200
-        await asleep.close()
+        await register_asleep(daemon, params=VOIP_PARAMS, uuid=16)
         alice = await phone(daemon, "udp")
         call = invite(alice)
         alice.send(call)
@@ -212,8 +193,7 @@ async def test_a_late_phone_that_answers_gets_ack_and_bye(tmp_path: Path) -> Non
         )
         alice.send(cancel)
         assert {(await alice.final_response()).status for _ in range(2)} == {200, 487}
-        woken = await phone(daemon)
-        assert (await register(woken, params=VOIP_PARAMS, uuid=16)).status == 200
+        woken = await registered(daemon, params=VOIP_PARAMS, uuid=16)
         late = await woken.next_request("INVITE")
         answer(woken, late, 200, tag="too-late")  # answered before the CANCEL could come
         ack = await woken.next_request("ACK")
@@ -229,8 +209,7 @@ async def test_callee_hangs_up_and_the_bye_reaches_the_caller_over_its_connectio
     tmp_path: Path,
 ) -> None:
     async with running(config(tmp_path)) as (daemon, _):
-        bob = await phone(daemon)
-        assert (await register(bob)).status == 200
+        bob = await registered(daemon)
         alice = await phone(daemon, "tcp")
         call = invite(alice)
         alice.send(call)

@@ -10,14 +10,14 @@ from sipushd.core.proxy import stateless_branch
 from sipushd.sip import Request
 from sipushd.testing.ua import SipClient
 from tests.integration.proxy_helpers import (
-    address,
     answer,
     config,
     invite,
     no_request,
     phone,
-    register,
+    registered,
     running,
+    running_with_upstream,
 )
 
 
@@ -37,8 +37,7 @@ async def forwarded_cancel(alice: SipClient, bob: SipClient) -> tuple[Request, R
 @pytest.mark.parametrize("status", [481, 200])
 async def test_the_next_hop_answers_the_stray_cancel(tmp_path: Path, status: int) -> None:
     async with running(config(tmp_path)) as (daemon, _):
-        bob = await phone(daemon)
-        assert (await register(bob, uuid=61)).status == 200
+        bob = await registered(daemon, uuid=61)
         alice = await phone(daemon, "udp")
         sent, received = await forwarded_cancel(alice, bob)
         assert received.call_id == sent.call_id and received.cseq == sent.cseq
@@ -60,8 +59,7 @@ async def test_the_next_hop_answers_the_stray_cancel(tmp_path: Path, status: int
 async def test_over_udp_the_stray_cancel_is_sent_again_until_answered(tmp_path: Path) -> None:
     cfg = config(tmp_path, sip={"timers": {"t1": 0.05}}, routing={"message_accept_timeout": 0.3})
     async with running(cfg) as (daemon, _):
-        bob = await phone(daemon, "udp")
-        assert (await register(bob, uuid=62)).status == 200
+        bob = await registered(daemon, "udp", uuid=62)
         alice = await phone(daemon, "udp")
         _, first = await forwarded_cancel(alice, bob)
         again = await bob.next_request("CANCEL")
@@ -78,8 +76,7 @@ async def test_an_unanswered_stray_cancel_frees_its_transaction_after_64_t1(
 ) -> None:
     cfg = config(tmp_path, sip={"timers": {"t1": 0.01}}, routing={"message_accept_timeout": 0.3})
     async with running(cfg) as (daemon, _):
-        bob = await phone(daemon)
-        assert (await register(bob, uuid=63)).status == 200
+        bob = await registered(daemon, uuid=63)
         alice = await phone(daemon)
         await forwarded_cancel(alice, bob)
         assert (await alice.final_response(timeout=5)).status == 408
@@ -100,8 +97,7 @@ async def test_a_stray_cancel_with_no_target_gets_481(
     tmp_path: Path, target: str, sender: str
 ) -> None:
     async with running(config(tmp_path)) as (daemon, _):
-        bob = await phone(daemon)
-        assert (await register(bob, uuid=64)).status == 200
+        bob = await registered(daemon, uuid=64)
         alice = await phone(daemon, "udp")
         call = invite(alice, target)
         call = call.replace(headers=call.headers.set("From", f"<{sender}>;tag=f1"))
@@ -114,18 +110,13 @@ async def test_a_stray_cancel_with_no_target_gets_481(
 
 @pytest.mark.asyncio
 async def test_a_local_callers_stray_cancel_goes_upstream(tmp_path: Path) -> None:
-    async with await SipClient.connect("udp", ("127.0.0.1", 9)) as pbx:
-        upstream = f"sip:{pbx.local[0]}:{pbx.local[1]}"
-        async with running(config(tmp_path, routing={"upstream": upstream})) as (daemon, _):
-            pbx.server = address(daemon, "udp")
-            alice = await phone(daemon, "udp")
-            call = alice.build(
-                "INVITE", "sip:carol@elsewhere.example", from_="sip:alice@example.org"
-            )
-            alice.send(cancel_of(call))
-            out = await pbx.next_request("CANCEL")
-            assert str(out.uri) == "sip:carol@elsewhere.example"
-            assert str(out.routes[0].uri) == f"{upstream};lr"
-            answer(pbx, out, 200)
-            assert (await alice.final_response()).status == 200
-            await alice.close()
+    async with running_with_upstream(tmp_path) as (daemon, pbx, upstream):
+        alice = await phone(daemon, "udp")
+        call = alice.build("INVITE", "sip:carol@elsewhere.example", from_="sip:alice@example.org")
+        alice.send(cancel_of(call))
+        out = await pbx.next_request("CANCEL")
+        assert str(out.uri) == "sip:carol@elsewhere.example"
+        assert str(out.routes[0].uri) == f"{upstream};lr"
+        answer(pbx, out, 200)
+        assert (await alice.final_response()).status == 200
+        await alice.close()

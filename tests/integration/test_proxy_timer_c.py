@@ -17,7 +17,7 @@ from tests.integration.proxy_helpers import (
     invite,
     no_request,
     phone,
-    register,
+    registered,
     running,
 )
 
@@ -30,8 +30,7 @@ async def ringing_bob(
     async with running(config(tmp_path, routing={"call_timeout": 30})) as (daemon, _):
         assert daemon.proxy is not None
         daemon.proxy.settings = replace(daemon.proxy.settings, timer_c=timer_c)
-        bob = await phone(daemon)
-        assert (await register(bob, uuid=41)).status == 200
+        bob = await registered(daemon, uuid=41)
         alice = await phone(daemon, "udp")
         try:
             yield daemon, bob, alice

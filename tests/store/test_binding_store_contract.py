@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +24,8 @@ from sipushd.store.base import BindingStore, StoreError
 from sipushd.store.memory import MemoryBindingStore
 from sipushd.store.redis_bindings import RedisBindingStore
 from sipushd.store.sqlite import SqliteBindingStore
+from tests.store.backends import Backend, backend_params, redis_prefix
 from tests.store.redis_server import shared_url
-
-Opener = Callable[[Path], Awaitable[BindingStore]]
 
 
 async def _open_memory(place: Path) -> BindingStore:
@@ -39,19 +37,10 @@ async def _open_sqlite(place: Path) -> BindingStore:
 
 
 async def _open_redis(place: Path) -> BindingStore:
-    # One shared server; each test directory gets its own key prefix.
-    prefix = "t" + hashlib.sha1(str(place).encode()).hexdigest()[:12] + ":"
-    return await RedisBindingStore.open(shared_url(), prefix)
+    return await RedisBindingStore.open(shared_url(), redis_prefix(place))
 
 
-@dataclasses.dataclass(frozen=True)
-class Backend:
-    open: Opener
-    persistent: bool
-    marks: tuple[pytest.MarkDecorator, ...] = ()
-
-
-BACKENDS: dict[str, Backend] = {
+BACKENDS: dict[str, Backend[BindingStore]] = {
     "memory": Backend(_open_memory, persistent=False),
     "sqlite": Backend(_open_sqlite, persistent=True),
     "redis": Backend(_open_redis, persistent=True, marks=(pytest.mark.redis,)),
@@ -83,20 +72,18 @@ def binding(key: str, aor: str = AOR, **changes: Any) -> Binding:
     return Binding(**fields)
 
 
-@pytest.fixture(params=[pytest.param(name, marks=b.marks) for name, b in BACKENDS.items()])
-def backend(request: pytest.FixtureRequest) -> Backend:
+@pytest.fixture(params=backend_params(BACKENDS))
+def backend(request: pytest.FixtureRequest) -> Backend[BindingStore]:
     return BACKENDS[request.param]
 
 
-@pytest.fixture(
-    params=[pytest.param(name, marks=b.marks) for name, b in BACKENDS.items() if b.persistent]
-)
-def persistent(request: pytest.FixtureRequest) -> Backend:
+@pytest.fixture(params=backend_params(BACKENDS, persistent_only=True))
+def persistent(request: pytest.FixtureRequest) -> Backend[BindingStore]:
     return BACKENDS[request.param]
 
 
 @pytest_asyncio.fixture
-async def store(backend: Backend, tmp_path: Path) -> AsyncIterator[BindingStore]:
+async def store(backend: Backend[BindingStore], tmp_path: Path) -> AsyncIterator[BindingStore]:
     opened = await backend.open(tmp_path)
     yield opened
     await opened.close()
@@ -222,7 +209,7 @@ async def test_expiring_lists_bindings_due_for_a_refresh_push(store: BindingStor
 
 @pytest.mark.asyncio
 async def test_concurrent_applies_take_effect_in_call_order(
-    backend: Backend, tmp_path: Path
+    backend: Backend[BindingStore], tmp_path: Path
 ) -> None:
     store = await backend.open(tmp_path)
     await asyncio.gather(
@@ -252,7 +239,7 @@ async def test_remove_token_queued_behind_an_apply_sees_it(store: BindingStore) 
 
 
 @pytest.mark.asyncio
-async def test_closed_store_refuses_work(backend: Backend, tmp_path: Path) -> None:
+async def test_closed_store_refuses_work(backend: Backend[BindingStore], tmp_path: Path) -> None:
     opened = await backend.open(tmp_path)
     await opened.close()
     with pytest.raises(StoreError):
@@ -262,7 +249,9 @@ async def test_closed_store_refuses_work(backend: Backend, tmp_path: Path) -> No
 
 
 @pytest.mark.asyncio
-async def test_bindings_survive_a_restart(persistent: Backend, tmp_path: Path) -> None:
+async def test_bindings_survive_a_restart(
+    persistent: Backend[BindingStore], tmp_path: Path
+) -> None:
     full = binding(
         UUID1,
         instance=UUID1,

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -31,9 +30,8 @@ from sipushd.store.messages import (
 from sipushd.store.messages_sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteMessageStore
 from sipushd.store.redis_messages import RedisMessageStore
 from sipushd.store.sqlite import SqliteBindingStore
+from tests.store.backends import Backend, backend_params, redis_prefix
 from tests.store.redis_server import shared_url
-
-Opener = Callable[[Path], Awaitable[MessageStore]]
 
 
 async def _open_memory(place: Path) -> MessageStore:
@@ -45,19 +43,10 @@ async def _open_sqlite(place: Path) -> MessageStore:
 
 
 async def _open_redis(place: Path) -> MessageStore:
-    # One shared server; each test directory gets its own key prefix.
-    prefix = "t" + hashlib.sha1(str(place).encode()).hexdigest()[:12] + ":"
-    return await RedisMessageStore.open(shared_url(), prefix)
+    return await RedisMessageStore.open(shared_url(), redis_prefix(place))
 
 
-@dataclasses.dataclass(frozen=True)
-class Backend:
-    open: Opener
-    persistent: bool
-    marks: tuple[pytest.MarkDecorator, ...] = ()
-
-
-BACKENDS: dict[str, Backend] = {
+BACKENDS: dict[str, Backend[MessageStore]] = {
     "memory": Backend(_open_memory, persistent=False),
     "sqlite": Backend(_open_sqlite, persistent=True),
     "redis": Backend(_open_redis, persistent=True, marks=(pytest.mark.redis,)),
@@ -87,20 +76,18 @@ def message(number: int, aor: str = AOR, *, at: float = NOW, ttl: float = TTL) -
     )
 
 
-@pytest.fixture(params=[pytest.param(name, marks=b.marks) for name, b in BACKENDS.items()])
-def backend(request: pytest.FixtureRequest) -> Backend:
+@pytest.fixture(params=backend_params(BACKENDS))
+def backend(request: pytest.FixtureRequest) -> Backend[MessageStore]:
     return BACKENDS[request.param]
 
 
-@pytest.fixture(
-    params=[pytest.param(name, marks=b.marks) for name, b in BACKENDS.items() if b.persistent]
-)
-def persistent(request: pytest.FixtureRequest) -> Backend:
+@pytest.fixture(params=backend_params(BACKENDS, persistent_only=True))
+def persistent(request: pytest.FixtureRequest) -> Backend[MessageStore]:
     return BACKENDS[request.param]
 
 
 @pytest_asyncio.fixture
-async def store(backend: Backend, tmp_path: Path) -> AsyncIterator[MessageStore]:
+async def store(backend: Backend[MessageStore], tmp_path: Path) -> AsyncIterator[MessageStore]:
     opened = await backend.open(tmp_path)
     yield opened
     await opened.close()
@@ -226,7 +213,7 @@ async def test_concurrent_adds_respect_the_limit(store: MessageStore) -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_closed_store_raises(backend: Backend, tmp_path: Path) -> None:
+async def test_a_closed_store_raises(backend: Backend[MessageStore], tmp_path: Path) -> None:
     store = await backend.open(tmp_path)
     await store.close()
     with pytest.raises(StoreError):
@@ -234,7 +221,9 @@ async def test_a_closed_store_raises(backend: Backend, tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
-async def test_everything_survives_a_restart(persistent: Backend, tmp_path: Path) -> None:
+async def test_everything_survives_a_restart(
+    persistent: Backend[MessageStore], tmp_path: Path
+) -> None:
     first = await persistent.open(tmp_path)
     await first.add(message(0), ["phone", "tablet"], limit=LIMIT, now=NOW)
     await first.add(message(2, at=NOW + 1), ["phone"], limit=LIMIT, now=NOW)

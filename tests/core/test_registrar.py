@@ -6,17 +6,11 @@ from collections.abc import Sequence
 
 import pytest
 
-from sipushd.core.binding import Binding
-from sipushd.core.registrar import (
-    RegisterDecision,
-    Registrar,
-    RegistrarSettings,
-    RemovalCause,
-)
+from sipushd.core.registrar import RegistrarSettings, RemovalCause
 from sipushd.sip import Endpoint, Headers, Request, parse_uri
+from tests.core import registry
+from tests.core.registry import header
 
-DOMAINS = ("example.org",)
-PROVIDERS = ("apns", "apns.dev", "fcm")
 SOURCE = Endpoint("tcp", "192.0.2.10", 40000, flow=7)
 UUID1 = "<urn:uuid:00000000-0000-0000-0000-000000000001>"
 UUID2 = "<urn:uuid:00000000-0000-0000-0000-000000000002>"
@@ -46,33 +40,11 @@ def register(
     return Request("REGISTER", parse_uri(ruri), Headers(items))
 
 
-class Registry:
-    """A registrar plus the bindings a store would hold, with time stepped by hand."""
+class Registry(registry.Registry):
+    """REGISTERs over TCP from SOURCE, the clock starting at 1000."""
 
-    def __init__(self, **settings: int) -> None:
-        self.registrar = Registrar(RegistrarSettings(**settings))
-        self.bindings: dict[str, Binding] = {}
-        self.now = 1000.0
-
-    def send(self, request: Request, source: Endpoint = SOURCE) -> RegisterDecision:
-        decision = self.registrar.decide(
-            request,
-            source,
-            list(self.bindings.values()),
-            self.now,
-            domains=DOMAINS,
-            supported_providers=PROVIDERS,
-        )
-        if decision.ok:
-            for key in decision.removal_keys:
-                del self.bindings[key]
-            for binding in decision.upserts:
-                self.bindings[binding.key] = binding
-        return decision
-
-
-def header(decision: RegisterDecision, name: str) -> list[str]:
-    return [v for n, v in decision.headers if n == name]
+    source = SOURCE
+    start = 1000.0
 
 
 def test_register_creates_a_binding_and_lists_it_with_its_expiry() -> None:

@@ -6,15 +6,12 @@ from collections.abc import Sequence
 
 import pytest
 
-from sipushd.core.binding import Binding, drop_dead_token, gruu_instance
+from sipushd.core.binding import drop_dead_token, gruu_instance
 from sipushd.core.pushparams import PushTarget
-from sipushd.core.registrar import (
-    RegisterDecision,
-    Registrar,
-    RegistrarSettings,
-    RemovalCause,
-)
+from sipushd.core.registrar import RemovalCause
 from sipushd.sip import Endpoint, Headers, Request, parse_uri
+from tests.core import registry
+from tests.core.registry import header
 
 SOURCE = Endpoint("tls", "192.0.2.10", 40000, flow=3)
 UUID1 = "<urn:uuid:00000000-0000-0000-0000-000000000001>"
@@ -46,34 +43,11 @@ def register(
     return Request("REGISTER", parse_uri("sip:example.org"), Headers(items))
 
 
-class Registry:
-    """A registrar plus the bindings a store would hold, with time stepped by hand."""
+class Registry(registry.Registry):
+    """REGISTERs over TLS from SOURCE, the clock starting at 5000."""
 
-    def __init__(self, providers: Sequence[str] = ("apns", "apns.dev", "fcm")) -> None:
-        self.registrar = Registrar(RegistrarSettings())
-        self.providers = providers
-        self.bindings: dict[str, Binding] = {}
-        self.now = 5000.0
-
-    def send(self, request: Request) -> RegisterDecision:
-        decision = self.registrar.decide(
-            request,
-            SOURCE,
-            list(self.bindings.values()),
-            self.now,
-            domains=["example.org"],
-            supported_providers=self.providers,
-        )
-        if decision.ok:
-            for key in decision.removal_keys:
-                del self.bindings[key]
-            for binding in decision.upserts:
-                self.bindings[binding.key] = binding
-        return decision
-
-
-def header(decision: RegisterDecision, name: str) -> list[str]:
-    return [v for n, v in decision.headers if n == name]
+    source = SOURCE
+    start = 5000.0
 
 
 def test_push_binding_stores_the_target_and_answers_feature_caps() -> None:

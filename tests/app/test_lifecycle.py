@@ -103,6 +103,13 @@ class Child:
         return httpx.get(f"http://127.0.0.1:{self.admin_port}{path}", timeout=5)
 
 
+def _auth_with_alice(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    """A users file holding alice (password alice-secret) and the `auth` section naming it."""
+    users = tmp_path / "users.yaml"
+    set_user(users, REALM, "alice", "alice-secret")
+    return users, {"enabled": True, "realm": REALM, "users_file": str(users)}
+
+
 def _config(tmp_path: Path, sip_port: int, admin_port: int) -> dict[str, Any]:
     return {
         "sip": {"domains": [REALM], "listen": [f"udp:127.0.0.1:{sip_port}"]},
@@ -206,9 +213,7 @@ async def test_ready_then_sigterm_stops_with_exit_0(
 async def test_sighup_reloads_users_and_log_level_and_keeps_bindings(
     tmp_path: Path, systemd: Systemd, cleanup: list[Child]
 ) -> None:
-    users = tmp_path / "users.yaml"
-    set_user(users, REALM, "alice", "alice-secret")
-    auth = {"enabled": True, "realm": REALM, "users_file": str(users)}
+    users, auth = _auth_with_alice(tmp_path)
     child = await _start(tmp_path, systemd, {"auth": auth})
     cleanup.append(child)
     assert (await _register(child, "alice", "alice-secret")).status == 200
@@ -341,9 +346,7 @@ async def test_reload_swaps_push_providers_and_timers_in_place(tmp_path: Path) -
 
 @pytest.mark.asyncio
 async def test_reload_with_a_broken_users_file_changes_nothing(tmp_path: Path) -> None:
-    users = tmp_path / "users.yaml"
-    set_user(users, REALM, "alice", "alice-secret")
-    auth = {"enabled": True, "realm": REALM, "users_file": str(users)}
+    users, auth = _auth_with_alice(tmp_path)
     daemon = Daemon(_in_process(tmp_path, auth=auth))
     await daemon.start()
     try:
@@ -361,9 +364,7 @@ async def test_reload_with_a_broken_users_file_changes_nothing(tmp_path: Path) -
 
 @pytest.mark.asyncio
 async def test_reload_keeps_issued_nonces_valid(tmp_path: Path) -> None:
-    users = tmp_path / "users.yaml"
-    set_user(users, REALM, "alice", "alice-secret")
-    auth = {"enabled": True, "realm": REALM, "users_file": str(users)}
+    users, auth = _auth_with_alice(tmp_path)
     daemon = Daemon(_in_process(tmp_path, auth=auth))
     await daemon.start()
     try:

@@ -15,7 +15,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,30 +25,7 @@ PEERS = Path(__file__).resolve().parent.parent.parent / "shared" / "peers"
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sipushd.testing.net import free_port  # noqa: E402
-
-
-def register(server_port: int, callee_port: int) -> str:
-    """REGISTER sip:callee@example.org -> the sipp UAS; return the status line."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.settimeout(5)
-        port = sock.getsockname()[1]
-        message = (
-            "REGISTER sip:example.org SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKbench{time.time_ns()};rport\r\n"
-            "Max-Forwards: 70\r\nFrom: <sip:callee@example.org>;tag=b1\r\n"
-            "To: <sip:callee@example.org>\r\nCall-ID: bench-register\r\n"
-            f"CSeq: {time.time_ns() % 1_000_000} REGISTER\r\n"
-            f"Contact: <sip:callee@127.0.0.1:{callee_port}>\r\nExpires: 3600\r\n"
-            "Content-Length: 0\r\n\r\n"
-        )
-        sock.sendto(message.encode(), ("127.0.0.1", server_port))
-        while True:
-            data = sock.recv(65536).decode(errors="replace")
-            line = data.split("\r\n", 1)[0]
-            if not line.startswith("SIP/2.0 1"):
-                return line
+from sipushd.testing.net import free_port, register_contact  # noqa: E402
 
 
 def run_calls(server_port: int, work: Path, args: argparse.Namespace, name: str) -> dict[str, str]:
@@ -64,7 +40,9 @@ def run_calls(server_port: int, work: Path, args: argparse.Namespace, name: str)
     )  # fmt: skip
     try:
         time.sleep(0.5)
-        print(f"{name}: register -> {register(server_port, uas_port)}")
+        contact = f"sip:callee@127.0.0.1:{uas_port}"
+        status = register_contact(server_port, "callee", contact, expires=3600)
+        print(f"{name}: register -> {status}")
         stats = work / f"{name}-calls.csv"
         subprocess.run(
             [sipp, f"127.0.0.1:{server_port}", "-sf", str(PEERS / "sipp-uac-call.xml"),

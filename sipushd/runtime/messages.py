@@ -475,6 +475,8 @@ class MessageService:
     def on_registered(self, binding: Binding) -> None:
         """RegistrarService listener: send the device the MESSAGEs it has not taken."""
         device = (binding.aor, binding.key)
+        if device not in self._runs and not self.messages.may_have_pending(binding.aor):
+            return  # nothing stored for the AOR: a run would find nothing pending
         self._latest[device] = binding
         if device in self._runs:
             self._rerun.add(device)

@@ -54,6 +54,13 @@ class MessageStore(ABC):
     async def pending(self, aor: str, device: str, now: float) -> list[StoredMessage]:
         """Live messages of `aor` that `device` is not done with, oldest first."""
 
+    def may_have_pending(self, aor: str) -> bool:
+        """False only when `pending(aor, ...)` called now would certainly find nothing.
+
+        A hint for callers that would start work just to ask; True is always correct.
+        """
+        return True
+
     @abstractmethod
     async def mark_done(self, message_id: str, device: str) -> bool:
         """Record `device` done with the message; True when the message left the store."""

@@ -152,6 +152,10 @@ class SqliteMessageStore(MessageStore):
                 rows = await cursor.fetchall()
         return [_from_row(row) for row in rows]
 
+    def may_have_pending(self, aor: str) -> bool:
+        """False when `aor` has no MESSAGE in the file and no write is under way."""
+        return self._aors is None or aor in self._aors or self._lock.locked()
+
     async def mark_done(self, message_id: str, device: str) -> bool:
         """Record `device` done; drop the message when nobody is pending."""
         async with self._transaction():

@@ -72,3 +72,20 @@ async def test_a_full_aor_keeps_its_messages_visible(tmp_path: Path) -> None:
         assert ids(await store.pending(AOR, "phone", NOW)) == ["m1"]
     finally:
         await store.close()
+
+
+@pytest.mark.asyncio
+async def test_may_have_pending_is_false_only_for_an_aor_without_messages(
+    tmp_path: Path,
+) -> None:
+    store = await SqliteMessageStore.open(tmp_path / "sipushd.db")
+    try:
+        assert not store.may_have_pending(AOR)
+        await store.add(message(1), ["phone"], limit=LIMIT, now=NOW)
+        assert store.may_have_pending(AOR) and not store.may_have_pending(BOB)
+        async with store._lock:  # a write under way may be adding BOB's first MESSAGE
+            assert store.may_have_pending(BOB)
+        assert await store.mark_done("m1", "phone") is True
+        assert not store.may_have_pending(AOR)
+    finally:
+        await store.close()

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sipushd.testing.net import free_port, register_contact  # noqa: E402
+from sipushd.testing.process import stop_process  # noqa: E402
 
 
 def run_calls(server_port: int, work: Path, args: argparse.Namespace, name: str) -> dict[str, str]:
@@ -55,12 +56,7 @@ def run_calls(server_port: int, work: Path, args: argparse.Namespace, name: str)
         header, *rows = stats.read_text().splitlines()
         return dict(zip(header.split(";"), rows[-1].split(";"), strict=False))
     finally:
-        uas.send_signal(signal.SIGTERM)
-        try:
-            uas.wait(5)
-        except subprocess.TimeoutExpired:
-            uas.kill()
-            uas.wait()
+        stop_process(uas, 5)
 
 
 def rate(row: dict[str, str]) -> float:

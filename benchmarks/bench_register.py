@@ -48,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sipushd.testing.net import free_port  # noqa: E402
+from sipushd.testing.process import stop_process  # noqa: E402
 
 KAMAILIO_PORT = 5080  # fixed in kamailio-registrar.cfg
 SERVERS = ("kamailio", "sipushd", "bare")
@@ -135,16 +136,6 @@ def _options(port: int, local: int, n: int) -> bytes:
     ).encode()
 
 
-def _stop(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @contextlib.contextmanager
 def kamailio(peers: Path, work: Path) -> Iterator[int]:
     """Kamailio on 127.0.0.1:5080 (it forks into the background; stopped by its pid file)."""
@@ -217,7 +208,7 @@ def sipushd(work: Path) -> Iterator[tuple[int, int]]:
         wait_answering(port, lambda: process.poll() is None)
         yield port, process.pid
     finally:
-        _stop(process)
+        stop_process(process, 15)
 
 
 @contextlib.contextmanager
@@ -234,7 +225,7 @@ def bare(peers: Path, work: Path) -> Iterator[int]:
         wait_answering(port, lambda: process.poll() is None)
         yield port
     finally:
-        _stop(process)
+        stop_process(process, 15)
 
 
 def run_sipp(

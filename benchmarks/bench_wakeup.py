@@ -63,6 +63,7 @@ from sipushd.sip import (  # noqa: E402
 )
 from sipushd.sip.headers import Headers  # noqa: E402
 from sipushd.testing.net import free_port, wait_until  # noqa: E402
+from sipushd.testing.process import stop_process  # noqa: E402
 
 TEAM, BUNDLE, KEY_ID = "ABCD1234", "org.example.bench", "BENCHKEY01"
 HOST = "127.0.0.1"
@@ -491,13 +492,7 @@ def child(
     try:
         yield process
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, 15)
         if process.stdout is not None:
             process.stdout.close()
         if log is not None and not isinstance(out, int):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ import pytest
 import yaml
 
 from sipushd.testing.net import free_port, wait_until
+from sipushd.testing.process import stop_process
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 
@@ -32,14 +32,7 @@ class SipushdProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, 15)
 
 
 def start_sipushd(tmp_path: Path, overrides: dict[str, object] | None = None) -> SipushdProcess:

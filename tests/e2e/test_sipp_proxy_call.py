@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from sipushd.testing.net import free_port, register_contact
+from sipushd.testing.process import stop_process
 from tests.e2e.conftest import SCENARIOS, SipushdProcess, need
 
 
@@ -32,12 +32,7 @@ def test_sipp_calls_pass_through_the_proxy(sipushd: SipushdProcess, tmp_path: Pa
             capture_output=True, text=True, timeout=60, cwd=tmp_path,
         )  # fmt: skip
     finally:
-        uas.send_signal(signal.SIGTERM)
-        try:
-            uas.wait(5)
-        except subprocess.TimeoutExpired:
-            uas.kill()
-            uas.wait()
+        stop_process(uas, 5)
     assert result.returncode == 0, result.stdout[-2000:] + sipushd.log()[-2000:]
     header, *rows = (tmp_path / "calls.csv").read_text().splitlines()
     columns = dict(zip(header.split(";"), rows[-1].split(";"), strict=False))

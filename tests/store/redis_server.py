@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from sipushd.testing.net import free_port
+from sipushd.testing.process import stop_process
 
 __all__ = ["RedisServer", "require_redis_server", "shared_url", "stop_shared"]
 
@@ -71,12 +72,7 @@ class RedisServer:
         process, self.process = self.process, None
         if process is None:
             return
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 10)
 
     def _wait_ready(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout

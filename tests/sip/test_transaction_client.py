@@ -9,14 +9,12 @@ from sipushd.sip.headers import Headers
 from sipushd.sip.message import Request, Response, make_response
 from sipushd.sip.parser import parse_message
 from sipushd.sip.transaction import (
-    Action,
     DeliverResponse,
     InviteClientState,
     NonInviteClientState,
     RequestSent,
     StrayResponse,
     TimerConfig,
-    TimerFired,
     TransactionError,
     TransactionFailed,
     TransactionKey,
@@ -31,6 +29,7 @@ from sipushd.sip.transaction import (
     MessageReceived as Received,
 )
 from sipushd.sip.uri import parse_uri
+from tests.sip.timers import run_timers
 
 NEXT_HOP_UDP = Endpoint("udp", "198.51.100.7", 5060)
 NEXT_HOP_TCP = Endpoint("tcp", "198.51.100.7", 5060, flow=3)
@@ -63,14 +62,6 @@ def request(
 def answer(req: Request, status: int, to_tag: str | None = "b7") -> Response:
     """The next hop's response to `req`."""
     return make_response(req, status, to_tag=None if status == 100 else to_tag)
-
-
-def run_timers(layer: TransactionLayer, until: float) -> list[tuple[float, Action]]:
-    """Fire every timer due up to `until`, the way the runtime does."""
-    fired: list[tuple[float, Action]] = []
-    while (deadline := layer.next_deadline()) is not None and deadline <= until:
-        fired += [(deadline, action) for action in layer.handle(TimerFired(), deadline)]
-    return fired
 
 
 def start(layer: TransactionLayer, req: Request, dest: Endpoint) -> TransactionKey:

@@ -17,7 +17,6 @@ from sipushd.sip.transaction import (
     MessageReceived,
     NonInviteServerState,
     ResponseSent,
-    TimerFired,
     TransactionError,
     TransactionKey,
     TransactionLayer,
@@ -28,6 +27,7 @@ from sipushd.sip.transaction import (
     response_destination,
 )
 from sipushd.sip.uri import parse_uri
+from tests.sip.timers import run_timers
 
 PHONE_UDP = Endpoint("udp", "192.0.2.44", 40001)
 PHONE_TCP = Endpoint("tcp", "192.0.2.44", 40001, flow=9)
@@ -72,14 +72,6 @@ def ack_for(req: Request, response: Response, new_branch: str | None = None) -> 
     ack = request("ACK", cseq=req.cseq.seq, uri=str(req.uri))
     headers = ack.headers.set("Via", str(via)).set("To", response.headers.get("To") or "")
     return ack.replace(headers=headers)
-
-
-def run_timers(layer: TransactionLayer, until: float) -> list[tuple[float, Action]]:
-    """Fire every timer due up to `until`, the way the runtime does."""
-    fired: list[tuple[float, Action]] = []
-    while (deadline := layer.next_deadline()) is not None and deadline <= until:
-        fired += [(deadline, action) for action in layer.handle(TimerFired(), deadline)]
-    return fired
 
 
 def receive(

@@ -181,6 +181,12 @@ async def no_request(ua: SipClient, wait: float = 0.3) -> bool:
     return False
 
 
+async def refresh_brings_nothing(phone: SipClient, *, uuid: int = 1, push: bool = True) -> bool:
+    """Register again (a refresh) and see no MESSAGE come: nothing is left to deliver."""
+    await register(phone, uuid=uuid, push=push)
+    return await no_request(phone)
+
+
 def deliveries(result: str) -> float:
     value = metrics.REGISTRY.get_sample_value(
         "sipushd_message_deliveries_total", {"result": result}
@@ -241,8 +247,7 @@ async def test_a_sleeping_phone_is_pushed_gets_202_then_the_message_once_it_regi
         phone.answer(got, 200)
         await until(lambda: _equals(stored(daemon), 0))
 
-        await register(phone)  # a refresh: nothing left to deliver
-        assert await no_request(phone)
+        assert await refresh_brings_nothing(phone)
         await phone.close()
 
 
@@ -295,8 +300,7 @@ async def test_every_device_gets_it_even_after_another_one_answered() -> None:
         phone = await registered(daemon, uuid=2)
         phone.answer(await phone.next_request("MESSAGE"), 200)
         await until(lambda: _equals(stored(daemon), 0))
-        await register(desk, uuid=1, push=False)
-        assert await no_request(desk)
+        assert await refresh_brings_nothing(desk, uuid=1, push=False)
         await desk.close()
         await phone.close()
 
@@ -327,8 +331,7 @@ async def test_a_retry_answer_keeps_it_and_a_refusal_ends_it() -> None:
         await register(phone)
         phone.answer(await phone.next_request("MESSAGE"), 415)  # sent again after 480
         await until(lambda: _equals(stored(daemon), 0))
-        await register(phone)
-        assert await no_request(phone)
+        assert await refresh_brings_nothing(phone)
         await phone.close()
 
 
@@ -409,8 +412,7 @@ async def test_a_restart_loses_nothing(tmp_path: Path) -> None:
         assert (got.body, got.call_id) == (b"before the restart", sent.call_id)
         phone.answer(got, 200)
         await until(lambda: _equals(stored(daemon), 0))
-        await register(phone)
-        assert await no_request(phone)
+        assert await refresh_brings_nothing(phone)
         await phone.close()
 
 
@@ -423,8 +425,7 @@ async def test_a_device_registering_for_the_first_time_gets_a_message_still_stor
         got = await tablet.next_request("MESSAGE")
         tablet.answer(got, 200)
         assert got.body == b"for every device"
-        await register(tablet, uuid=3)
-        assert await no_request(tablet)
+        assert await refresh_brings_nothing(tablet, uuid=3)
         assert await stored(daemon) == 1, "still kept for the phone it was sent to"
         await tablet.close()
 

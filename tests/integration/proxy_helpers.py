@@ -30,10 +30,16 @@ SDP = (
 
 
 class PushRecorder:
-    """Stands between the proxy and the dispatcher: records pushes, can make them fail."""
+    """Stands in front of the dispatcher: records pushes; with `fail` set, answers each with
+    `failure` (the provider's outcome and HTTP status, and reason) instead of sending it."""
 
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        failure: tuple[PushOutcome, int, str] = (PushOutcome.DEAD_TOKEN, 410, ""),
+    ) -> None:
         self.dispatcher = dispatcher
+        self.failure = failure
         self.pushes: list[PushRequest] = []
         self.fail = False
         self.arrived = asyncio.Event()
@@ -42,8 +48,9 @@ class PushRecorder:
         self.pushes.append(request)
         self.arrived.set()
         if self.fail:
+            outcome, status, reason = self.failure
             future: asyncio.Future[PushResult] = asyncio.get_running_loop().create_future()
-            future.set_result(PushResult(PushOutcome.DEAD_TOKEN, request.provider, 410))
+            future.set_result(PushResult(outcome, request.provider, status, reason))
             return future
         return self.dispatcher.submit(request)
 

@@ -1,7 +1,7 @@
 """MESSAGE store-and-forward through a real daemon on loopback (RFC 3428, RFC 8599 §5.6.2).
 
 The phone is a `SipClient` registered over TCP; "asleep" means its connection is gone.
-Pushes go through the in-process mock provider; a recorder in front of the dispatcher
+Pushes go through the in-process mock provider; a PushRecorder in front of the dispatcher
 keeps what the MESSAGE service submitted, and can make every push fail.
 """
 
@@ -19,40 +19,14 @@ import pytest
 from sipushd import metrics
 from sipushd.app import Daemon
 from sipushd.config import Config
-from sipushd.core.payload import PushKind, PushRequest, PushService, build_apns
-from sipushd.push.base import PushOutcome, PushResult
-from sipushd.push.dispatcher import Dispatcher
+from sipushd.core.payload import PushKind, PushService, build_apns
+from sipushd.push.base import PushOutcome
 from sipushd.sip import Request
 from sipushd.testing.ua import SipClient
+from tests.integration.proxy_helpers import PushRecorder
 
 AOR = "sip:bob@example.org"
 ALERT = "pn-provider=apns;pn-param=ABCD1234.org.example.app;pn-prid={token}"
-
-
-class Pushes:
-    """In front of the dispatcher: records each push, and can make them all fail."""
-
-    def __init__(self, dispatcher: Dispatcher) -> None:
-        self.dispatcher = dispatcher
-        self.sent: list[PushRequest] = []
-        self.fail = False
-        self.arrived = asyncio.Event()
-
-    def submit(self, request: PushRequest) -> asyncio.Future[PushResult]:
-        self.sent.append(request)
-        self.arrived.set()
-        if self.fail:
-            future: asyncio.Future[PushResult] = asyncio.get_running_loop().create_future()
-            future.set_result(PushResult(PushOutcome.FAILED, request.provider, 503, "down"))
-            return future
-        return self.dispatcher.submit(request)
-
-    async def wait_for(self, count: int, timeout: float = 5.0) -> list[PushRequest]:
-        async with asyncio.timeout(timeout):
-            while len(self.sent) < count:
-                self.arrived.clear()
-                await self.arrived.wait()
-        return self.sent
 
 
 def make_config(db: Path | str = ":memory:", **routing: Any) -> Config:
@@ -68,11 +42,11 @@ def make_config(db: Path | str = ":memory:", **routing: Any) -> Config:
 
 
 @asynccontextmanager
-async def running(config: Config) -> AsyncIterator[tuple[Daemon, Pushes]]:
+async def running(config: Config) -> AsyncIterator[tuple[Daemon, PushRecorder]]:
     daemon = Daemon(config)
     await daemon.start()
     assert daemon.messages is not None and daemon.dispatcher is not None
-    pushes = Pushes(daemon.dispatcher)
+    pushes = PushRecorder(daemon.dispatcher, failure=(PushOutcome.FAILED, 503, "down"))
     daemon.messages.push = pushes.submit
     try:
         yield daemon, pushes
@@ -208,7 +182,7 @@ async def test_an_online_phone_gets_the_message_and_its_200_reaches_the_sender()
         assert got.body == b"hello" and got.call_id == sent.call_id
         assert got.max_forwards == 69
         assert len(got.vias) == 2, "our Via on top of the sender's (RFC 3261 §16.6)"
-        assert pushes.sent == []
+        assert pushes.pushes == []
         await until(lambda: _equals(stored(daemon), 0))
 
 
@@ -343,7 +317,7 @@ async def test_is_composing_to_a_sleeping_phone_gets_480_and_is_neither_stored_n
             send_message(sender, b"<isComposing/>", "application/im-iscomposing+xml")
             response = await sender.final_response()
         assert response.status == 480
-        assert pushes.sent == []
+        assert pushes.pushes == []
         assert await stored(daemon) == 0
 
 
@@ -356,7 +330,7 @@ async def test_is_composing_reaches_an_online_phone() -> None:
             phone.answer(await phone.next_request("MESSAGE"), 200)
             assert (await sender.final_response()).status == 200
         await phone.close()
-        assert await stored(daemon) == 0 and pushes.sent == []
+        assert await stored(daemon) == 0 and pushes.pushes == []
 
 
 @pytest.mark.asyncio
@@ -390,7 +364,7 @@ async def test_a_failing_push_provider_loses_nothing() -> None:
         pushes.fail = True
         await asleep(daemon)
         await send_stored(daemon, b"still here")
-        assert len(pushes.sent) == 1
+        assert len(pushes.pushes) == 1
         phone = await registered(daemon)
         got = await phone.next_request("MESSAGE")
         phone.answer(got, 200)
@@ -404,7 +378,7 @@ async def test_a_restart_loses_nothing(tmp_path: Path) -> None:
     async with running(config) as (daemon, pushes):
         await asleep(daemon)
         sent = await send_stored(daemon, b"before the restart")
-        assert [p.call_id for p in pushes.sent] == [sent.call_id]
+        assert [p.call_id for p in pushes.pushes] == [sent.call_id]
     async with running(config) as (daemon, _pushes):
         assert await stored(daemon) == 1
         phone = await registered(daemon)
@@ -505,7 +479,7 @@ async def test_a_message_to_a_gruu_is_kept_for_that_device_only() -> None:
             sender.send(request)
             assert (await sender.final_response()).status == 202
         assert [p.token for p in await pushes.wait_for(1)] == [token(1)]
-        assert len(pushes.sent) == 1, "one device woken, not two"
+        assert len(pushes.pushes) == 1, "one device woken, not two"
         tablet = await registered(daemon, uuid=2)
         assert await no_request(tablet)
         phone = await registered(daemon, uuid=1)

@@ -23,7 +23,7 @@ from sipushd.core.payload import PushKind, PushService, build_apns
 from sipushd.push.base import PushOutcome
 from sipushd.sip import Request
 from sipushd.testing.ua import SipClient
-from tests.integration.proxy_helpers import PushRecorder
+from tests.integration.proxy_helpers import PushRecorder, address
 
 AOR = "sip:bob@example.org"
 ALERT = "pn-provider=apns;pn-param=ABCD1234.org.example.app;pn-prid={token}"
@@ -52,11 +52,6 @@ async def running(config: Config) -> AsyncIterator[tuple[Daemon, PushRecorder]]:
         yield daemon, pushes
     finally:
         await daemon.stop(0)
-
-
-def address(daemon: Daemon, transport: str) -> tuple[str, int]:
-    endpoint = next(e for e in daemon.listeners if e.transport == transport)
-    return endpoint.host, endpoint.port
 
 
 async def connect(daemon: Daemon, transport: str = "tcp") -> SipClient:

@@ -18,7 +18,9 @@ import signal
 import ssl
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 import uvloop
@@ -385,31 +387,39 @@ def _count_push(request: PushRequest, result: PushResult) -> None:
         metrics.PUSH_LATENCY.labels(provider=request.provider).observe(result.latency)
 
 
+S = TypeVar("S", BindingStore, MessageStore)
+
+
 async def open_store(config: Config) -> BindingStore:
     """The binding store the config names."""
-    storage = config.storage
-    if storage.backend == "sqlite":
-        path = storage.sqlite.path
-        if str(path) == ":memory:":
-            return MemoryBindingStore()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return await SqliteBindingStore.open(path)
-    if storage.backend == "redis":
-        return await RedisBindingStore.open(storage.redis.url, storage.redis.key_prefix)
-    raise ValueError(f"storage backend {storage.backend!r} is not available")
+    return await _open_backend(
+        config, MemoryBindingStore, SqliteBindingStore.open, RedisBindingStore.open
+    )
 
 
 async def open_message_store(config: Config) -> MessageStore:
     """The message store the config names, next to the bindings (same file or server)."""
+    return await _open_backend(
+        config, MemoryMessageStore, SqliteMessageStore.open, RedisMessageStore.open
+    )
+
+
+async def _open_backend(
+    config: Config,
+    in_memory: Callable[[], S],
+    sqlite: Callable[[Path], Awaitable[S]],
+    redis: Callable[[str, str], Awaitable[S]],
+) -> S:
+    """One store of the configured backend; `sqlite.path: ":memory:"` keeps it in memory."""
     storage = config.storage
     if storage.backend == "sqlite":
         path = storage.sqlite.path
         if str(path) == ":memory:":
-            return MemoryMessageStore()
+            return in_memory()
         path.parent.mkdir(parents=True, exist_ok=True)
-        return await SqliteMessageStore.open(path)
+        return await sqlite(path)
     if storage.backend == "redis":
-        return await RedisMessageStore.open(storage.redis.url, storage.redis.key_prefix)
+        return await redis(storage.redis.url, storage.redis.key_prefix)
     raise ValueError(f"storage backend {storage.backend!r} is not available")
 
 

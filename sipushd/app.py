@@ -528,7 +528,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
             ready.set()
         log.info("sipushd ready", version=__version__, domains=list(config.sip.domains))
         while await signals.get() == signal.SIGHUP:
-            await _reload(daemon, config.source_path)
+            await reload_config_file(daemon, config.source_path)
         notify.stopping()
         log.info("stopping", grace=daemon.config.shutdown_grace)
     finally:
@@ -540,7 +540,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     log.info("stopped")
 
 
-async def _reload(daemon: Daemon, path: Path | None) -> None:
+async def reload_config_file(daemon: Daemon, path: Path | None) -> None:
     """SIGHUP: reload the config file; a broken one leaves the running config in place."""
     if path is None:
         log.warning("reload ignored: the config was not loaded from a file")

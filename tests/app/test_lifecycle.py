@@ -27,8 +27,8 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from sipushd.app import Daemon
-from sipushd.config import Config
+from sipushd.app import Daemon, reload_config_file
+from sipushd.config import Config, load_config
 from sipushd.sip import Request, Response
 from sipushd.sip.digest import digest_response, ha1
 from sipushd.testing.net import free_port
@@ -510,3 +510,48 @@ def _der(path: Path) -> bytes:
     """The first certificate of a PEM chain file, DER-encoded."""
     end = "-----END CERTIFICATE-----"
     return ssl.PEM_cert_to_DER_cert(path.read_text().split(end)[0] + end + "\n")
+
+
+@pytest.mark.asyncio
+async def test_sighup_good_then_broken_file_while_a_call_is_held(tmp_path: Path) -> None:
+    raw: dict[str, Any] = {
+        "sip": {"domains": [REALM], "listen": ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]},
+        "storage": {"sqlite": {"path": str(tmp_path / "db.sqlite")}},
+        "admin": {"listen": "127.0.0.1:0"},
+        "push": {"mock": {"enabled": True}},
+    }
+    path = tmp_path / "sipushd.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    daemon = Daemon(load_config(path))
+    await daemon.start()
+    udp, tcp = (next(e for e in daemon.listeners if e.transport == t) for t in ("udp", "tcp"))
+    try:
+        asleep = await SipClient.connect("tcp", (tcp.host, tcp.port))
+        assert (await _phone_register(asleep)).status == 200
+        await asleep.close()
+        async with await SipClient.connect("udp", (udp.host, udp.port)) as alice:
+            call = _invite(alice)
+            alice.send(call)
+            while (await alice.receive()).status != 110:  # type: ignore[union-attr]
+                pass
+            assert daemon.proxy is not None and daemon.proxy.held_calls == 1
+
+            path.write_text(yaml.safe_dump(raw | {"routing": {"call_timeout": 45}}))
+            await reload_config_file(daemon, path)  # SIGHUP with a good file
+            assert daemon.proxy.settings.call_timeout == 45
+            path.write_text("routing: {call_timeout: [\n")
+            await reload_config_file(
+                daemon, path
+            )  # SIGHUP with a broken file: the old config stays
+            assert daemon.proxy.settings.call_timeout == 45
+            assert daemon.proxy.held_calls == 1  # neither reload dropped the held call
+
+            async with await SipClient.connect("tcp", (tcp.host, tcp.port)) as awake:
+                assert (await _phone_register(awake)).status == 200
+                forwarded = await awake.next_request("INVITE")
+                assert forwarded.call_id == call.call_id
+                awake.answer(forwarded, 200)
+                answered = await alice.final_response()
+                assert answered.status == 200 and answered.call_id == call.call_id
+    finally:
+        await daemon.stop(0)

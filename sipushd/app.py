@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import secrets
 import signal
+import socket
 import ssl
 import sys
 import time
@@ -31,7 +33,13 @@ from sipushd.config import Config, ConfigError, load_config
 from sipushd.core.auth import Authenticator, FailureThrottle
 from sipushd.core.messages import MessageSettings
 from sipushd.core.payload import PayloadError, PushRequest, apns_push_type
-from sipushd.core.proxy import LocalAddress, ProxyIdentity, is_in_dialog
+from sipushd.core.proxy import (
+    DEFAULT_PORTS,
+    LocalAddress,
+    ProxyIdentity,
+    is_in_dialog,
+    uri_destination,
+)
 from sipushd.core.registrar import Registrar, RegistrarSettings
 from sipushd.logs import configure_logging, set_level
 from sipushd.push.base import PushResult
@@ -128,7 +136,7 @@ class Daemon:
             transport,
             self.dispatcher,
             proxy_identity(self.config, [], secret),
-            proxy_settings(self.config),
+            await resolved_proxy_settings(self.config),
             auth=gate,
             clock=time.time,
         )
@@ -242,6 +250,7 @@ class Daemon:
                 self._tls.load_cert_chain(str(tls.cert_file), str(tls.key_file))
             except (ssl.SSLError, OSError) as exc:
                 log.error("TLS certificate not renewed", error=str(exc))
+        routing = await resolved_proxy_settings(config)
         old, self.dispatcher, self.config = self.dispatcher, dispatcher, config
         if self.registrar is not None:
             self.registrar.auth = gate
@@ -250,7 +259,7 @@ class Daemon:
         if self.proxy is not None:
             self.proxy.auth = gate
             self.proxy.pushes = dispatcher
-            self.proxy.settings = proxy_settings(config)
+            self.proxy.settings = routing
         if self.messages is not None:
             self.messages.settings = message_settings(config)
         if old is not None:  # pushes in flight finish on the old providers
@@ -468,6 +477,26 @@ def proxy_settings(config: Config) -> ProxySettings:
         upstream=upstream,
         call_remote_push_interval=push.call_remote_push_interval,
     )
+
+
+async def resolved_proxy_settings(config: Config) -> ProxySettings:
+    """`proxy_settings` with the upstream's host name looked up (RFC 3263 §4.2, A/AAAA)."""
+    settings = proxy_settings(config)
+    upstream = settings.upstream
+    if upstream is None or uri_destination(upstream) is not None:
+        return settings  # none, or an IP literal: nothing to look up
+    transport = upstream.transport
+    port = upstream.port or DEFAULT_PORTS.get(transport, 5060)
+    kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
+    try:
+        found = await asyncio.get_running_loop().getaddrinfo(upstream.host, port, type=kind)
+    except OSError as exc:
+        log.error("upstream not resolvable: requests for it get 502", upstream=str(upstream),
+                  error=str(exc))  # fmt: skip
+        return settings
+    host = str(found[0][4][0])
+    log.info("upstream resolved", upstream=str(upstream), address=f"{host}:{port}")
+    return dataclasses.replace(settings, upstream_hop=Endpoint(transport, host, port))
 
 
 _WILDCARDS = frozenset({"0.0.0.0", "::"})

@@ -319,11 +319,17 @@ def uri_destination(uri: SipUri) -> Endpoint | None:
     return Endpoint(transport, host, port)
 
 
-def upstream_target(request: Request, upstream: SipUri) -> ForwardTarget | None:
-    """A branch to `routing.upstream`, loose-routed through it; None unless it is an IP literal."""
-    hop = uri_destination(upstream)
+def upstream_target(
+    request: Request, upstream: SipUri, hop: Endpoint | None = None
+) -> ForwardTarget | None:
+    """A branch to `routing.upstream`, loose-routed through it.
+
+    `hop` is the upstream's address as resolved by the runtime (RFC 3263); without it only
+    an IP-literal upstream has one, and None says there is nowhere to send the request.
+    """
+    hop = hop or uri_destination(upstream)
     if hop is None:
-        return None  # no DNS lookups here (RFC 3263)
+        return None
     return ForwardTarget(request.uri, hop, (f"<{upstream.with_param('lr')}>",))
 
 

@@ -99,6 +99,8 @@ class ProxySettings:
     push_mode: str = "always"
     push_delay: float = 2.0
     upstream: SipUri | None = None
+    # The upstream's address when its host is a name (resolved at start and on SIGHUP).
+    upstream_hop: Endpoint | None = None
     # push.call_remote_push_interval: ring iOS alert-push devices again (None: once).
     call_remote_push_interval: float | None = None
     # §16.6 step 11: how long an INVITE branch may ring without a final answer (> 3 min).
@@ -318,10 +320,9 @@ class ProxyCore:
         if upstream is None:
             self.server.reply(key, request, 403, "Relaying Denied")
             return
-        target = upstream_target(request, upstream)
+        target = upstream_target(request, upstream, self.settings.upstream_hop)
         if target is None:
-            # Only IP-literal upstreams are supported (no DNS lookups, RFC 3263).
-            log.warning("upstream is not an IP address", upstream=str(upstream))
+            log.warning("upstream has no address", upstream=str(upstream))
             self.server.reply(key, request, 502, "Upstream Not Resolvable")
             return
         request = request.replace(headers=request.headers.remove("Proxy-Authorization"))
@@ -541,7 +542,9 @@ class ProxyCore:
                 stripped.from_.uri.host.lower() in self.settings.domains and self.settings.upstream
             ):
                 # Its INVITE went upstream; from elsewhere it was refused (never an open relay).
-                target = upstream_target(stripped, self.settings.upstream)
+                target = upstream_target(
+                    stripped, self.settings.upstream, self.settings.upstream_hop
+                )
         except SipParseError as exc:
             self.server.reply(key, cancel, 400, f"Bad Request ({exc})"[:100])
             return

@@ -164,11 +164,14 @@ async def register_asleep(daemon: Daemon, *, params: str, uuid: int) -> None:
 
 @asynccontextmanager
 async def running_with_upstream(
-    tmp_path: Path,
+    tmp_path: Path, host: str | None = None
 ) -> AsyncIterator[tuple[Daemon, SipClient, str]]:
-    """A daemon whose routing.upstream is a UDP peer playing the PBX: (daemon, pbx, its URI)."""
+    """A daemon whose routing.upstream is a UDP peer playing the PBX: (daemon, pbx, its URI).
+
+    `host` names the PBX in the URI instead of its IP address (a name to look up).
+    """
     async with await SipClient.connect("udp", ("127.0.0.1", 9)) as pbx:
-        upstream = f"sip:{pbx.local[0]}:{pbx.local[1]}"
+        upstream = f"sip:{host or pbx.local[0]}:{pbx.local[1]}"
         async with running(config(tmp_path, routing={"upstream": upstream})) as (daemon, _):
             pbx.server = address(daemon, "udp")
             yield daemon, pbx, upstream

@@ -98,6 +98,21 @@ async def test_local_user_calls_outside_through_upstream(tmp_path: Path) -> None
 
 
 @pytest.mark.asyncio
+async def test_upstream_given_by_host_name_is_looked_up(tmp_path: Path) -> None:
+    # RFC 3263 §4.2: a host name with a port is resolved with A/AAAA lookups.
+    async with running_with_upstream(tmp_path, host="localhost") as (daemon, pbx, upstream):
+        alice = await phone(daemon, "udp")
+        alice.send(
+            alice.build("INVITE", "sip:carol@elsewhere.example", from_="sip:alice@example.org")
+        )
+        out = await pbx.next_request("INVITE")
+        assert str(out.routes[0].uri) == f"{upstream};lr"  # the name stays in the Route
+        answer(pbx, out, 486)
+        assert (await alice.final_response()).status == 486
+        await alice.close()
+
+
+@pytest.mark.asyncio
 async def test_local_callers_are_challenged_with_407(tmp_path: Path) -> None:
     cfg = auth_config(tmp_path, "alice")
     async with running(cfg) as (daemon, _):

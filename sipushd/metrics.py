@@ -79,7 +79,8 @@ REGISTER_RESULTS = Counter(
 )
 AUTH_FAILURES = Counter(
     "sipushd_auth_failures",
-    "Digest authentication failures (reason: bad_credentials, unknown_user, stale, blocked)",
+    "Digest authentication failures (reason: bad_password, unknown_user, stale, replay, "
+    "bad_nonce, invalid, blocked)",
     ["reason"],
     registry=REGISTRY,
 )
@@ -106,8 +107,7 @@ WAKEUP_LATENCY = Histogram(
 )
 PUSHES = Counter(
     "sipushd_pushes",
-    "Pushes sent (type: voip, alert, background, data; "
-    "result: ok, dead_token, temporary_error, permanent_error, timeout)",
+    "Pushes sent (type: voip, alert, background, data; result: delivered, dead_token, failed)",
     ["provider", "type", "result"],
     registry=REGISTRY,
 )
@@ -133,7 +133,7 @@ STORED_MESSAGES = Gauge(
 )
 MESSAGE_DELIVERIES = Counter(
     "sipushd_message_deliveries",
-    "Stored MESSAGEs leaving the store (result: delivered, expired, failed)",
+    "Stored MESSAGEs leaving the store (result: delivered, expired, failed, rejected)",
     ["result"],
     registry=REGISTRY,
 )

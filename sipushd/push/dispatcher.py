@@ -229,11 +229,14 @@ class Dispatcher:
     async def _attempt(self, request: PushRequest, provider: PushProvider) -> PushResult:
         """One send; waiting for a concurrency slot counts against the deadline only."""
         limit = self._limits[request.provider]
-        try:
-            async with asyncio.timeout(request.deadline - self._clock()):
-                await limit.acquire()
-        except TimeoutError:
-            raise _OutOfTime from None
+        if limit.locked():
+            try:
+                async with asyncio.timeout(request.deadline - self._clock()):
+                    await limit.acquire()
+            except TimeoutError:
+                raise _OutOfTime from None
+        else:
+            await limit.acquire()  # a free slot is taken at once: no timer needed
         try:
             remaining = request.deadline - self._clock()
             async with asyncio.timeout(min(remaining, self.settings.attempt_timeout)):

@@ -34,6 +34,7 @@ from typing import Any
 import aiosqlite
 
 from sipushd.core.messages import StoredMessage
+from sipushd.store._sqlite import connect
 from sipushd.store.base import StoreError
 from sipushd.store.messages import DuplicateMessageError, MessageLimitError, MessageStore
 
@@ -102,14 +103,9 @@ class SqliteMessageStore(MessageStore):
     @classmethod
     async def open(cls, path: str | Path) -> SqliteMessageStore:
         """Open (creating and migrating if needed) the message tables in the file at `path`."""
+        # FULL: a MESSAGE answered 202 must survive a power loss, not only a crash.
+        db = await connect(path, synchronous="FULL")
         try:
-            db = await aiosqlite.connect(path, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open {path}: {exc}") from exc
-        try:
-            await db.execute("PRAGMA busy_timeout=5000")
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=FULL")
             await migrate(db)
             store = cls(db)
             await store._load_aors()

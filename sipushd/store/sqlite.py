@@ -38,6 +38,7 @@ import aiosqlite
 
 from sipushd.core.binding import Binding, push_from_json, push_to_json
 from sipushd.sip import Endpoint
+from sipushd.store._sqlite import connect
 from sipushd.store.base import StoreError
 from sipushd.store.memory import MemoryBindingStore
 
@@ -111,14 +112,8 @@ class SqliteBindingStore(MemoryBindingStore):
     @classmethod
     async def open(cls, path: str | Path) -> SqliteBindingStore:
         """Open (creating and migrating if needed) the database at `path`."""
+        db = await connect(path, synchronous="NORMAL")
         try:
-            db = await aiosqlite.connect(path, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open {path}: {exc}") from exc
-        try:
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=NORMAL")
-            await db.execute("PRAGMA busy_timeout=5000")
             await migrate(db)
             store = cls(db)
             async with db.execute(f"SELECT {_COLUMNS} FROM bindings") as cursor:

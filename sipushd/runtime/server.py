@@ -139,7 +139,9 @@ class ServerCore:
             self.reply(key, cancel, 481)
             return
         self.reply(key, cancel, 200)
-        invite = cancel.replace(method="INVITE")
+        # §9.2: the 487 answers the INVITE, so its CSeq names INVITE, not CANCEL.
+        cseq = f"{cancel.cseq.seq} INVITE"
+        invite = cancel.replace(method="INVITE", headers=cancel.headers.set("CSeq", cseq))
         self.engine.respond(invite_key, make_response(invite, 487, to_tag=new_tag()))
 
     def on_ack(self, ack: Request, source: Endpoint) -> None:

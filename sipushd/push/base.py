@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import abc
 import enum
+import time
 from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 
 from sipushd.core.payload import PushRequest
 
@@ -97,14 +100,25 @@ class PushProvider(abc.ABC):
         """Send one push: DELIVERED or DEAD_TOKEN result, else raise a PushError."""
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds form only; RFC 9110 §10.2.3)."""
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header, delta-seconds or HTTP-date (RFC 9110 §10.2.3).
+
+    A date is counted from ``now`` (UNIX seconds; the wall clock when None); a
+    date already past means "retry now" (0.0). Anything else gives None.
+    """
     if not value:
         return None
+    text = value.strip()
     try:
-        seconds = float(value.strip())
+        seconds = float(text)
     except ValueError:
-        return None
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:  # RFC 9110 §5.6.7: an HTTP-date is always GMT
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, when.timestamp() - (time.time() if now is None else now))
     return seconds if seconds >= 0 else None
 
 

@@ -46,6 +46,7 @@ from sipushd.push.base import (
     PushProvider,
     PushResult,
     TemporaryPushError,
+    parse_retry_after,
 )
 from sipushd.push.settings import ApnsAppSettings, apns_endpoint_url
 from sipushd.push.tls import client_context
@@ -112,18 +113,33 @@ class _PlainEncoder(Encoder):
         return block
 
 
+class _Answer(NotificationResult):
+    """aioapns' result plus the answer's ``retry-after`` header, which aioapns drops."""
+
+    __slots__ = ("retry_after",)
+
+    def __init__(self, result: NotificationResult, retry_after: str | None) -> None:
+        super().__init__(
+            result.notification_id, result.status, result.description, result.timestamp
+        )
+        self.retry_after = retry_after
+
+
 class _ClientProtocol(APNsTLSClientProtocol):
     """aioapns protocol that forgets a request whose caller gave up (timeout, cancel).
 
-    The connection still closes after ``INACTIVITY_TIME`` seconds without a
-    frame sent or received, but through one timer that is pushed back when
-    it fires, not a new timer per frame as in aioapns.
+    It also keeps each answer's ``retry-after`` header (keyed by ``apns-id``,
+    as aioapns matches answers) for the result. The connection still closes
+    after ``INACTIVITY_TIME`` seconds without a frame sent or received, but
+    through one timer that is pushed back when it fires, not a new timer per
+    frame as in aioapns.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.conn.encoder = _PlainEncoder()
         self._last_activity = 0.0
+        self.retry_after: dict[str, str] = {}
 
     def refresh_inactivity_timer(self) -> None:
         """Note activity now; start the idle timer if none runs."""
@@ -139,15 +155,25 @@ class _ClientProtocol(APNsTLSClientProtocol):
         else:
             self.close()
 
-    async def send_notification(self, request: NotificationRequest) -> NotificationResult:
+    def on_response_received(self, headers: dict[bytes, bytes]) -> None:
+        """Keep a waiting request's ``retry-after`` (RFC 9110 §10.2.3); aioapns does the rest."""
+        value = headers.get(b"retry-after")
+        if value is not None:
+            notification_id = headers.get(b"apns-id", b"").decode("utf8")
+            if notification_id in self.requests:  # not for an abandoned request: it would leak
+                self.retry_after[notification_id] = value.decode("latin-1")
+        super().on_response_received(headers)
+
+    async def send_notification(self, request: NotificationRequest) -> _Answer:
         try:
             result: NotificationResult = await super().send_notification(request)
         except asyncio.CancelledError:
             # A late answer must not complete a cancelled future inside data_received.
             self.requests.pop(request.notification_id, None)
             self.request_statuses.pop(request.notification_id, None)
+            self.retry_after.pop(request.notification_id, None)
             raise
-        return result
+        return _Answer(result, self.retry_after.pop(request.notification_id, None))
 
 
 class _EndpointPool(APNsBaseConnectionPool):
@@ -186,11 +212,11 @@ class _EndpointPool(APNsBaseConnectionPool):
             raise
         return cast(APNsBaseClientProtocol, protocol)
 
-    async def send_once(self, request: NotificationRequest) -> NotificationResult:
+    async def send_once(self, request: NotificationRequest) -> _Answer:
         """Send on a free connection (opening one if needed); raise on connection trouble."""
-        connection = await self.acquire()
+        connection = cast(_ClientProtocol, await self.acquire())  # made by create_connection
         try:
-            result: NotificationResult = await connection.send_notification(request)
+            result = await connection.send_notification(request)
         except NoAvailableStreamIDError:
             connection.close()
             raise
@@ -277,7 +303,7 @@ class ApnsProvider(PushProvider):
         result = await self._post(pool, request.token, push)
         return self._classify(app, result)
 
-    async def _post(self, pool: _EndpointPool, token: str, push: ApnsPush) -> NotificationResult:
+    async def _post(self, pool: _EndpointPool, token: str, push: ApnsPush) -> _Answer:
         """The network call: one HTTP/2 POST /3/device/<token>."""
         note = NotificationRequest(
             device_token=token,
@@ -298,7 +324,7 @@ class ApnsProvider(PushProvider):
         except (ConnectionClosed, NoAvailableStreamIDError, FlowControlError, OSError) as exc:
             raise TemporaryPushError("connection_lost", None, None, _describe(exc)) from exc
 
-    def _classify(self, app: _App, result: NotificationResult) -> PushResult:
+    def _classify(self, app: _App, result: _Answer) -> PushResult:
         status = int(result.status)
         reason = result.description or ""
         if status == 200:
@@ -310,7 +336,8 @@ class ApnsProvider(PushProvider):
                 PushOutcome.DEAD_TOKEN, self.name, status, reason, result.notification_id
             )
         if status == 429 or status >= 500:
-            raise TemporaryPushError(reason, status)
+            retry = parse_retry_after(result.retry_after, self._clock())
+            raise TemporaryPushError(reason, status, retry)
         expired = status == 403 and reason == "ExpiredProviderToken"
         if expired and app.signer is not None and app.signer.invalidate():
             raise TemporaryPushError(reason, status)

@@ -10,8 +10,9 @@ Pure: no clock (``now`` is passed in), no I/O, no logging. Rules:
   for the first time while the MESSAGE is still stored (some recipient has not got it
   yet) gets it too; once every known device is done the MESSAGE leaves the store.
 - A device is done with a MESSAGE when it answers 2xx, or refuses it for good (a final
-  answer other than 408 / 480 / 503). Timeouts, transport errors, 408, 480 and 503 keep
-  it pending: it is sent again the next time the device registers.
+  answer other than 408 / 430 / 480 / 503). Timeouts, transport errors, 408, 430 (the
+  node holding its flow lost it, RFC 5626 §5.3), 480 and 503 keep it pending: it is
+  sent again the next time the device registers.
 - A MESSAGE expires ``delivery_timeout`` seconds after it arrived.
 - A stored MESSAGE goes to the device as a new request (RFC 3261 §16.6 rules applied by
   the proxy helpers); the original ``Date`` is kept, and added from the arrival time when
@@ -50,8 +51,8 @@ __all__ = [
 # RFC 3994 (is-composing) and RFC 5438 (IMDN): forwarded, never stored or pushed.
 TRANSIENT_CONTENT_TYPES = frozenset({"application/im-iscomposing+xml", "message/imdn+xml"})
 CPIM = "message/cpim"
-# RFC 3261 §21: answers after which the device may still take the MESSAGE later.
-RETRY_STATUSES = frozenset({408, 480, 503})
+# RFC 3261 §21, RFC 5626 §5.3: answers after which the device may still take it later.
+RETRY_STATUSES = frozenset({408, 430, 480, 503})
 # Parse stored requests whatever sip.max_message_size was when they were stored.
 _MAX_STORED = 16 * 1024 * 1024 + 1
 

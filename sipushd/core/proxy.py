@@ -490,6 +490,9 @@ def best_response(request: Request, responses: Sequence[Response]) -> Response:
     if best.status == 503:
         # §16.7 step 6: a 503 would make the caller think *we* are overloaded.
         return best.replace(status=500, reason="Server Internal Error")
+    if best.status == 430:
+        # RFC 5626 §11: 430 Flow Failed is meant for proxies; to a UA the callee is away.
+        return best.replace(status=480, reason="Temporarily Unavailable")
     if best.status in (401, 407):
         # §16.7 step 7: the caller gets every challenge of every branch.
         headers = best.headers.remove("WWW-Authenticate").remove("Proxy-Authenticate")

@@ -125,6 +125,7 @@ def test_a_full_store_forwards_to_online_devices_or_refuses() -> None:
         (202, DeliveryOutcome.DELIVERED),
         (None, DeliveryOutcome.RETRY),
         (408, DeliveryOutcome.RETRY),
+        (430, DeliveryOutcome.RETRY),  # the node holding its flow lost it (RFC 5626 §5.3)
         (480, DeliveryOutcome.RETRY),
         (503, DeliveryOutcome.RETRY),
         (415, DeliveryOutcome.REFUSED),

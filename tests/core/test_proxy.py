@@ -215,6 +215,7 @@ def _response(request: Request, status: int, *extra: tuple[str, str]) -> Respons
         ([486, 404], 404),  # lowest class, then lowest code
         ([503], 500),  # 503 becomes 500 (§16.7 step 6)
         ([503, 486], 486),
+        ([430], 480),  # Flow Failed is for proxies only (RFC 5626 §11)
         ([], 408),  # no final response: 408
         ([180], 408),
     ],

@@ -11,6 +11,8 @@ service. Rules shared by all backends (the contract tests check them):
   with the same key.
 - Callers serialise `get()` + `apply()` per AOR themselves; the store does
   not detect lost updates between the two.
+- `claim_refresh()` picks the one node that sends a binding's refresh push
+  when several share the store; a store of one process grants every claim.
 """
 
 from __future__ import annotations
@@ -70,6 +72,14 @@ class BindingStore(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Release the backend; the store is unusable afterwards."""
+
+    async def claim_refresh(self, binding: Binding, now: float) -> bool:
+        """True when this node is the one to send `binding`'s refresh push (RFC 8599 §5.5).
+
+        Claims are per binding version (AOR, key, expiry): a refreshed binding is a new
+        one to claim. Only shared stores can refuse.
+        """
+        return True
 
     async def by_gruu(self, gruu: str, now: float) -> Binding | None:
         """The live binding a public GRUU (`AOR;gr=urn:uuid:...`, RFC 5627) names."""

@@ -27,6 +27,12 @@ Design choices:
   nodes do not serialise their REGISTERs of one AOR against each other, but
   each binding key is written on its own, so they never drop each other's
   bindings.
+- Path (RFC 3327): once the app sets `paths` (the node's advertised address,
+  `sipushd.core.cluster`), `apply()` writes this node as the first Path entry
+  of each upsert, so other nodes reach the phone's flow through it; reads drop
+  that entry again, so a node never routes through itself.
+- `claim_refresh()` is `SET P r:<aor><key>@<expires_at> NX PX <until expiry>`:
+  the first node to ask sends the binding-refresh push, the others skip it.
 - `apply()` with upserts publishes `{"node", "aor", "bindings"}` on
   `P events` from inside its script (only when the write happened).
   `subscribe(callback)` hears the events of other nodes; an event published
@@ -41,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import replace
@@ -51,6 +58,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from sipushd.core.binding import Binding, binding_from_json, binding_to_json, drop_dead_token
+from sipushd.core.cluster import ClusterPaths
 from sipushd.store.base import BindingStore, StoreError
 from sipushd.store.memory import pick_instance
 
@@ -200,6 +208,8 @@ class RedisBindingStore(BindingStore):
         self._redis = client
         self._prefix = prefix
         self.node = node or secrets.token_hex(8)
+        # This node's Path entries; set once the listeners are bound (None: no entry).
+        self.paths: ClusterPaths | None = None
         self._writes = asyncio.Lock()
         self._closed = False
         self._listeners: list[BindingEventListener] = []
@@ -235,6 +245,8 @@ class RedisBindingStore(BindingStore):
         for binding in upserts:
             if binding.aor != aor:
                 raise StoreError(f"binding for {binding.aor} applied to {aor}")
+        if self.paths is not None:
+            upserts = [self.paths.stamp(b) for b in upserts]
         event = ""
         if upserts:
             event = _dumps(
@@ -284,6 +296,13 @@ class RedisBindingStore(BindingStore):
         found = [self._decode(doc) for doc in cast(list[bytes], docs)]
         live = [b for b in found if not b.expired(now) and b.expires_at < before]
         return sorted(live, key=lambda b: b.expires_at)
+
+    async def claim_refresh(self, binding: Binding, now: float) -> bool:
+        """True for the first node to claim this binding version's refresh push."""
+        name = f"r:{len(binding.aor)}:{binding.aor}{binding.key}@{_score(binding.expires_at)}"
+        ttl = max(1, math.ceil((binding.expires_at - now) * 1000))  # ms, until it expires
+        async with self._reading("refresh claim"):
+            return bool(await self._redis.set(self._key(name), self.node, nx=True, px=ttl))
 
     async def purge_expired(self, now: float) -> int:
         """Delete every expired binding; return how many."""
@@ -350,7 +369,8 @@ class RedisBindingStore(BindingStore):
             event = json.loads(data)
             if event["node"] == self.node:
                 return
-            bindings = [_without_flow(binding_from_json(b)) for b in event["bindings"]]
+            node = str(event["node"])
+            bindings = [self._ours(binding_from_json(b), node) for b in event["bindings"]]
         except (ValueError, KeyError, TypeError):
             return  # not an event this version understands
         for binding in bindings:
@@ -380,6 +400,8 @@ class RedisBindingStore(BindingStore):
         return self._ours(*self._decode_stored(doc))
 
     def _ours(self, binding: Binding, node: str) -> Binding:
+        if self.paths is not None:
+            binding = self.paths.own(binding)
         return binding if node == self.node else _without_flow(binding)
 
     @contextlib.asynccontextmanager

@@ -208,6 +208,15 @@ async def test_expiring_lists_bindings_due_for_a_refresh_push(store: BindingStor
 
 
 @pytest.mark.asyncio
+async def test_a_lone_node_is_granted_each_refresh_claim(store: BindingStore) -> None:
+    # RFC 8599 §5.5: the claim picks one sender among nodes sharing the store; a node
+    # alone always sends (tests/store/test_redis_store.py has two nodes on one server).
+    await store.apply(AOR, [binding("a", push=APNS)], [])
+    (found,) = await store.get(AOR, NOW)
+    assert await store.claim_refresh(found, NOW)
+
+
+@pytest.mark.asyncio
 async def test_concurrent_applies_take_effect_in_call_order(
     backend: Backend[BindingStore], tmp_path: Path
 ) -> None:

@@ -16,9 +16,12 @@ import pytest
 import pytest_asyncio
 
 from sipushd.core.binding import Binding
+from sipushd.core.cluster import ClusterPaths
 from sipushd.core.messages import StoredMessage
+from sipushd.core.proxy import LocalAddress, decode_flow_token
 from sipushd.core.pushparams import PushTarget
 from sipushd.sip import Endpoint
+from sipushd.sip.headers import parse_name_addr
 from sipushd.store.base import StoreError
 from sipushd.store.messages import MessageLimitError
 from sipushd.store.redis_bindings import RedisBindingStore
@@ -95,6 +98,43 @@ async def test_a_node_keeps_its_own_flow_ids_and_drops_the_others(
     assert updated.flow.flow is None and updated.push is None
     (mine,) = await a.get(AOR, NOW)
     assert mine.flow.flow == 7 and mine.push is None
+
+
+@pytest.mark.asyncio
+async def test_a_node_writes_itself_first_in_the_path_and_reads_past_itself(
+    nodes: tuple[RedisBindingStore, RedisBindingStore],
+) -> None:
+    a, b = nodes
+    a.paths = ClusterPaths(LocalAddress("udp", "10.0.0.1", 5060), b"a" * 32)
+    b.paths = ClusterPaths(LocalAddress("udp", "10.0.0.2", 5060), b"b" * 32)
+    heard = Heard()
+    await b.subscribe(heard)
+    edge = "<sip:edge.example.net;lr>"
+    await a.apply(AOR, [binding("phone", path=(edge,))], [])
+    # RFC 3327: B reaches the phone through A's entry, then the UA's own Path.
+    (theirs,) = await b.get(AOR, NOW)
+    assert theirs.path[0].endswith("@10.0.0.1:5060;lr>") and theirs.path[1:] == (edge,)
+    flows = decode_flow_token(parse_name_addr(theirs.path[0]).uri.user or "", b"a" * 32)
+    assert flows is not None and flows.callee == binding("phone").flow
+    await heard.wait_for(1)
+    assert heard.bindings[0].path == theirs.path
+    # A reads its binding as it stored it: its own flow, no entry of its own.
+    (mine,) = await a.get(AOR, NOW)
+    assert mine == binding("phone", path=(edge,))
+
+
+@pytest.mark.asyncio
+async def test_one_node_wins_each_refresh_claim(
+    nodes: tuple[RedisBindingStore, RedisBindingStore],
+) -> None:
+    a, b = nodes
+    phone = binding("phone", push=FCM)
+    claims = await asyncio.gather(a.claim_refresh(phone, NOW), b.claim_refresh(phone, NOW))
+    assert sorted(claims) == [False, True]
+    assert not await a.claim_refresh(phone, NOW + 10), "claimed until it expires"
+    # The refreshed binding (a new expiry) is a new version to push.
+    renewed = dataclasses.replace(phone, expires_at=NOW + 7200)
+    assert await b.claim_refresh(renewed, NOW + 10)
 
 
 class Heard:

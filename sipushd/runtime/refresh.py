@@ -4,6 +4,8 @@ A phone whose app is asleep cannot re-REGISTER on time; unless it said it refres
 itself (`+sip.pnsreg`), sipushd sends it a background (APNs) or data (FCM) push shortly
 before expiry. Each binding version (AOR, key, expiry) is pushed at most once; a
 binding that expired or was removed is never pushed (the store returns live ones only).
+Nodes sharing one store all scan it, so each push is claimed first
+(`BindingStore.claim_refresh`): only the node whose claim wins sends it.
 """
 
 from __future__ import annotations
@@ -73,6 +75,13 @@ class RefreshPusher:
             if push is None:
                 continue
             self._sent[version] = binding.expires_at
+            try:
+                claimed = await self.store.claim_refresh(binding, now)
+            except StoreError:
+                del self._sent[version]  # ask again on the next scan
+                raise
+            if not claimed:
+                continue  # another node sends this one
             self.pushes.submit(push)
             pushed += 1
             log.debug("binding refresh push", aor=binding.aor, instance=binding.instance)

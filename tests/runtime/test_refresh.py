@@ -13,6 +13,7 @@ from sipushd.core.pushparams import PushTarget
 from sipushd.push.base import PushOutcome, PushResult
 from sipushd.runtime.refresh import RefreshPusher
 from sipushd.sip import Endpoint
+from sipushd.store.base import StoreError
 from sipushd.store.memory import MemoryBindingStore
 
 APNS = PushTarget("apns", False, "org.example.app", "TEAM1", (("voip", "aa"), ("remote", "bb")))
@@ -79,5 +80,53 @@ async def test_each_binding_version_gets_one_background_push() -> None:
     # The phone re-registered: the new version is pushed again near its own expiry.
     await store.apply("sip:bob@example.org", [binding("a", 7200.0, updated_at=3490.0)], [])
     now[0] = 7100.0
+    assert await refresher.tick() == 1
+    await store.close()
+
+
+class SharedStore(MemoryBindingStore):
+    """A store shared with other nodes: they won the claims in `taken`; Redis may fail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.taken: set[str] = set()
+        self.broken = False
+        self.asked: list[str] = []
+
+    async def claim_refresh(self, binding: Binding, now: float) -> bool:
+        self.asked.append(binding.key)
+        if self.broken:
+            raise StoreError("claim failed")
+        return binding.key not in self.taken
+
+
+@pytest.mark.asyncio
+async def test_a_refresh_claimed_by_another_node_is_not_pushed_here() -> None:
+    store = SharedStore()
+    store.taken = {"b"}
+    other = PushTarget("apns", False, "org.example.app", "TEAM1", (("remote", "cc"),))
+    await store.apply(
+        "sip:bob@example.org", [binding("a", 3600.0), binding("b", 3600.0, push=other)], []
+    )
+    recorder = Recorder()
+    refresher = RefreshPusher(store, recorder, clock=lambda: 3500.0)
+    assert await refresher.tick() == 1
+    assert [p.token for p in recorder.pushes] == ["bb"]
+    assert await refresher.tick() == 0
+    assert sorted(store.asked) == ["a", "b"], "each version is claimed once"
+    await store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_failed_claim_is_asked_again_on_the_next_scan() -> None:
+    store = SharedStore()
+    store.broken = True
+    await store.apply("sip:bob@example.org", [binding("a", 3600.0)], [])
+    recorder = Recorder()
+    refresher = RefreshPusher(store, recorder, clock=lambda: 3500.0)
+    with pytest.raises(StoreError):
+        await refresher.tick()
+    assert recorder.pushes == []
+    store.broken = False
     assert await refresher.tick() == 1
     await store.close()

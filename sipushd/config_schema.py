@@ -380,11 +380,32 @@ def _check_redis_url(value: Any) -> Any:
     return value
 
 
+def _parse_advertise(value: Any) -> Any:
+    """`udp|tcp|tls:IP:PORT`, an address the other nodes can send to without DNS."""
+    if not isinstance(value, str):
+        return value
+    transport, sep, rest = value.partition(":")
+    transport = transport.lower()
+    if not sep or transport not in DEFAULT_PORTS:
+        raise _err(f"bad advertise address {value!r}: expected udp|tcp|tls:IP:PORT")
+    host, port = _split_host_port(rest)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise _err(f"bad advertise address {value!r}: the host must be an IP address") from None
+    if address.is_unspecified or port == 0:
+        raise _err(f"bad advertise address {value!r}: other nodes cannot send to it")
+    return {"transport": transport, "host": host, "port": port or DEFAULT_PORTS[transport]}
+
+
 class RedisConfig(_Model):
     """A shared store for several sipushd nodes."""
 
     url: Annotated[str, BeforeValidator(_check_redis_url)] = "redis://127.0.0.1:6379/0"
     key_prefix: str = "sipushd:"
+    # Where the other nodes reach this one (its Path entry, RFC 3327); null: the first
+    # sip.listen address that is not a wildcard.
+    advertise: Annotated[ListenSpec, BeforeValidator(_parse_advertise)] | None = None
 
 
 class StorageConfig(_Model):
@@ -578,6 +599,15 @@ class Config(_Model):
                 ("routing", "message_accept_timeout"),
                 f"must be below the sender's Timer F (64 * sip.timers.t1 = {timer_f:g} s)",
                 self.routing.message_accept_timeout,
+            )
+        advertise = self.storage.redis.advertise
+        if advertise is not None and advertise.transport not in {
+            spec.transport for spec in self.sip.listen
+        }:
+            issues.add(
+                ("storage", "redis", "advertise"),
+                f"no sip.listen entry for {advertise.transport}: other nodes could not reach it",
+                str(advertise),
             )
         issues.raise_any("Config")
         return self

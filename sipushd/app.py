@@ -83,6 +83,7 @@ class Daemon:
         self.proxy: ProxyCore | None = None
         self.message_store: MessageStore | None = None
         self.messages: MessageService | None = None
+        self.refresher: RefreshPusher | None = None
         self.listeners: list[Endpoint] = []
         self.admin: AdminServer | None = None
         self.stopping = False
@@ -163,7 +164,8 @@ class Daemon:
         messages.start()
         self._housekeeping = asyncio.create_task(self._purge_expired())
         # RFC 8599 §5.5: background pushes before expiry for phones without +sip.pnsreg.
-        self._refresh = asyncio.create_task(RefreshPusher(store, self.dispatcher).run())
+        self.refresher = RefreshPusher(store, self.dispatcher)
+        self._refresh = asyncio.create_task(self.refresher.run())
         self._tls = tls = self._tls_context()
         for spec in sip.listen:
             context = tls if spec.transport == "tls" else None
@@ -260,6 +262,8 @@ class Daemon:
             self.proxy.auth = gate
             self.proxy.pushes = dispatcher
             self.proxy.settings = routing
+        if self.refresher is not None:
+            self.refresher.pushes = dispatcher
         if self.messages is not None:
             self.messages.settings = message_settings(config)
         if old is not None:  # pushes in flight finish on the old providers

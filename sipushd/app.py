@@ -31,6 +31,7 @@ from sipushd import __version__, metrics, notify
 from sipushd.admin import AdminServer
 from sipushd.config import Config, ConfigError, load_config
 from sipushd.core.auth import Authenticator, FailureThrottle
+from sipushd.core.cluster import ClusterPaths
 from sipushd.core.messages import MessageSettings
 from sipushd.core.payload import PayloadError, PushRequest, apns_push_type
 from sipushd.core.proxy import (
@@ -46,6 +47,7 @@ from sipushd.push.base import PushResult
 from sipushd.push.dispatcher import Dispatcher
 from sipushd.pushtest import build_providers, dispatcher_settings
 from sipushd.runtime.authgate import AuthGate
+from sipushd.runtime.cluster import advertised_address
 from sipushd.runtime.engine import Engine
 from sipushd.runtime.messages import MessageService
 from sipushd.runtime.proxy import ProxyCore, ProxySettings
@@ -177,10 +179,25 @@ class Daemon:
         # Via, Record-Route and loop detection use the addresses actually bound.
         proxy.identity = identity = proxy_identity(self.config, self.listeners, secret)
         messages.identity = identity
+        if isinstance(store, RedisBindingStore):
+            self._share_paths(store, proxy)
         domains = frozenset(d.lower() for d in sip.domains)
         server.is_for_us = lambda uri: uri.host.lower().strip("[]") in identity.aliases | domains
         self.admin = AdminServer(self)
         await self.admin.start(self.config.admin.host, self.config.admin.port)
+
+    def _share_paths(self, store: RedisBindingStore, proxy: ProxyCore) -> None:
+        """Bindings stored here lead other nodes to this one (first Path entry, RFC 3327)."""
+        spec = self.config.storage.redis.advertise
+        configured = LocalAddress(spec.transport, spec.host, spec.port) if spec else None
+        address = advertised_address(configured, self.listeners)
+        if address is None:
+            log.warning("no address for other nodes: set storage.redis.advertise")
+            return
+        # A key of this process only: flow ids in older entries name dead connections.
+        store.paths = proxy.paths = ClusterPaths(address, secrets.token_bytes(32))
+        where = {"transport": address.transport, "host": address.host, "port": address.port}
+        log.info("address for other nodes", **where)
 
     def _push(self, request: PushRequest) -> object:
         """Submit a push to the current dispatcher (a reload may replace it)."""

@@ -10,6 +10,8 @@ request that is not addressed to the server itself:
   to the phone as soon as it registers again, once per device.
 - Other targets go to `routing.upstream`, only for local users (407 when
   authentication is on); never an open relay (403).
+- A request another node routed through our own Path entry (shared store,
+  runtime/cluster.py) goes over the phone's flow it names.
 - In-dialog requests and ACKs for 2xx follow our Record-Route flow token back
   over the phone's own connection; stray 2xx retransmissions are forwarded
   statelessly (§16.7 step 3, §16.11).
@@ -35,6 +37,7 @@ import structlog
 
 from sipushd import metrics
 from sipushd.core.binding import Binding
+from sipushd.core.cluster import ClusterPaths
 from sipushd.core.payload import PushKind, PushRequest, PushService
 from sipushd.core.proxy import (
     DialogFlows,
@@ -55,6 +58,7 @@ from sipushd.core.proxy import (
 )
 from sipushd.push.base import PushResult
 from sipushd.runtime.authgate import AuthGate
+from sipushd.runtime.cluster import relay_to_flow
 from sipushd.runtime.engine import Engine
 from sipushd.runtime.forking import Branch, ForwardContext
 from sipushd.runtime.held import HeldCall, Wakeup, device_id
@@ -140,6 +144,8 @@ class ProxyCore:
         # flow ids (they name connections of this process only), the proxy does not.
         self._flows: dict[tuple[str, str], Endpoint] = {}
         self._cancels = CancelRelay(self.engine, network, identity, self.engine.layer.config)
+        # Our Path entries in a shared store (None: one node, no entries to recognise).
+        self.paths: ClusterPaths | None = None
 
     def attach(self) -> None:
         """Install the proxy's hooks in the server core."""
@@ -166,6 +172,11 @@ class ProxyCore:
         """Server handler: route one request (§16.3-§16.5)."""
         if find_loop(request, self.identity):
             self.server.reply(key, request, 482)
+            return
+        if self.paths is not None and (hop := self.paths.hop(request)) is not None:
+            # A peer node forks to a phone whose flow is ours (RFC 3327 §5.3, RFC 5626 §5.3).
+            context = self._context(hop.request, source, key)
+            relay_to_flow(context, hop.flow, self.identity, self.network.flow_alive)
             return
         request, flows = strip_own_routes(request, self.identity)
         try:

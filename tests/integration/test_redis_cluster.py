@@ -208,6 +208,30 @@ async def test_the_phone_on_node_b_hangs_up_through_both_nodes(redis_url: str) -
 
 
 @pytest.mark.asyncio
+async def test_a_caller_cancel_at_node_a_stops_the_ringing_phone_on_node_b(redis_url: str) -> None:
+    async with cluster(redis_url) as (a, b, _):
+        callee = await registered(b, "tcp")
+        caller = await phone(a, "udp")
+        call = invite(caller)
+        caller.send(call)
+        ringing = await callee.next_request("INVITE")
+        answer(callee, ringing, 180)
+        reason = 'SIP;cause=487;text="Caller gave up"'
+        headers = call.headers.set("CSeq", f"{call.cseq.seq} CANCEL").remove("Content-Type")
+        caller.send(Request("CANCEL", call.uri, headers.add("Reason", reason)))
+        # §16.10: A CANCELs its branch to B, B its branch over the phone's flow.
+        cancel = await callee.next_request("CANCEL")
+        assert cancel.top_via.branch == ringing.top_via.branch
+        assert cancel.headers.get("Reason") == reason
+        answer(callee, cancel, 200)
+        answer(callee, ringing, 487)
+        finals = {(await caller.final_response()).cseq.method for _ in range(2)}
+        assert finals == {"CANCEL", "INVITE"}
+        await callee.close()
+        await caller.close()
+
+
+@pytest.mark.asyncio
 async def test_a_message_at_node_a_reaches_a_tcp_phone_on_node_b(redis_url: str) -> None:
     async with cluster(redis_url) as (a, b, _):
         callee = await registered(b, "tcp")

@@ -15,9 +15,11 @@ import contextlib
 import http
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import h2.config
 import h2.connection
@@ -42,6 +44,8 @@ class Request:
     headers: Mapping[str, str]
     body: bytes
     http_version: str = "2"
+    # Wall-clock time (time.time()) at which the request was complete on the wire.
+    received_at: float = field(default_factory=time.time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,8 +145,8 @@ class _Connection(asyncio.Protocol):
         return list(self._tasks.values())
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's TLS transport is not an asyncio.Transport subclass, but speaks its API.
+        self._transport = cast(asyncio.Transport, transport)
         self._server._connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -258,7 +262,9 @@ class _Connection(asyncio.Protocol):
 
     def _dispatch(self, stream_id: int, stream: _Stream) -> None:
         path, _, query = stream.path.partition("?")
-        request = Request(stream.method, path, query, stream.headers, bytes(stream.body))
+        request = Request(
+            stream.method, path, query, stream.headers, bytes(stream.body), received_at=time.time()
+        )
         task = asyncio.get_running_loop().create_task(self._respond(stream_id, request))
         self._tasks[stream_id] = task
 

@@ -31,6 +31,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+import uvloop
+
 from sipushd.app import tune_gc
 from sipushd.testing import pns_protocol as proto
 from sipushd.testing.h2server import H2Server, Request, Response, server_ssl_context
@@ -68,7 +70,7 @@ class RecordedPush:
     headers: Mapping[str, str]
     payload: Any
     status: int
-    time: float
+    time: float  # when the request arrived complete (time.time())
     path: str = ""
     reason: str | None = None
     index: int = 0
@@ -96,6 +98,21 @@ class RecordedPush:
 class _Grant:
     expires: float
     scopes: frozenset[str]
+
+
+async def _feed(proc: asyncio.subprocess.Process, data: bytes) -> None:
+    """Write `data` to the command's stdin and close it; a command may exit unread."""
+    stdin = proc.stdin
+    assert stdin is not None
+    try:
+        stdin.write(data)
+        await stdin.drain()
+        stdin.close()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    except RuntimeError:
+        # uvloop: the pipe was already closed because the command exited first.
+        pass
 
 
 class MockPushService:
@@ -274,7 +291,7 @@ class MockPushService:
             headers,
             payload,
             status,
-            time.time(),
+            request.received_at,
             path=request.path,
             reason=reason,
             index=self._next_index,
@@ -312,7 +329,8 @@ class MockPushService:
             _log.warning("on-push command could not start: %s", exc)
             return
         try:
-            await proc.communicate(push.to_json().encode() + b"\n")
+            await _feed(proc, push.to_json().encode() + b"\n")
+            await proc.wait()
         except asyncio.CancelledError:
             proc.kill()
             await proc.wait()
@@ -597,11 +615,11 @@ def run(args: argparse.Namespace) -> int:
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
-    # The daemon's GC settings: a full collection pausing the mock would show up as push
+    # The daemon's loop and GC settings: a slow or paused mock would show up as push
     # latency in the tests and benchmarks that measure sipushd through it.
     tune_gc()
     try:
-        return asyncio.run(_serve(service))
+        return uvloop.run(_serve(service))
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)

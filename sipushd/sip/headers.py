@@ -219,7 +219,10 @@ def serialise_fields(headers: Headers, skip: str) -> str:
 
 def split_list(value: str, *, strict: bool = True) -> list[str]:
     """Split a list header value on commas outside quotes and <>; elements stripped."""
-    if '"' not in value and "<" not in value:
+    if "," not in value:
+        # One element: a quote or '<' left open is caught by the element's own parser.
+        parts = [value.strip(" \t")]
+    elif '"' not in value and "<" not in value:
         parts = [p.strip(" \t") for p in value.split(",")]
     else:
         parts = _split_quoted(value, strict)

@@ -6,33 +6,71 @@ of one section together; each rule names the exact key it blames so the
 loader can point at its line. Paths are resolved against the directory in
 the validation context (`base_dir`); whether files exist is checked by
 `sipushd.config`, not here. Fields marked with `FileRef` name files.
+
+The shared building blocks live in `sipushd.config_fields`, the `push` section in
+`sipushd.config_push`; both are re-exported here.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import (
-    AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     PrivateAttr,
     SecretStr,
-    ValidationError,
     ValidationInfo,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from sipushd.yamlpos import Loc, Problem
+from sipushd.config_fields import (
+    ConfigPath,
+    FileRef,
+    Issues,
+    Model,
+    PublicFile,
+    Seconds,
+    SecretFile,
+    resolve_path,
+    value_error,
+)
+from sipushd.config_push import ApnsApp, FcmApp, MockPushConfig, PushConfig
+from sipushd.yamlpos import Problem
+
+__all__ = [
+    "DEFAULT_PORTS",
+    "AdminConfig",
+    "ApnsApp",
+    "AuthConfig",
+    "Config",
+    "ConfigPath",
+    "DigestAlgorithm",
+    "FcmApp",
+    "FileRef",
+    "IPNetwork",
+    "ListenSpec",
+    "LoggingConfig",
+    "MockPushConfig",
+    "PublicFile",
+    "PushConfig",
+    "RedisConfig",
+    "RegistrarConfig",
+    "RoutingConfig",
+    "Seconds",
+    "SecretFile",
+    "SipConfig",
+    "SqliteConfig",
+    "StorageConfig",
+    "TcpConfig",
+    "TimersConfig",
+    "TlsConfig",
+    "Transport",
+]
 
 Transport = Literal["udp", "tcp", "tls"]
 DigestAlgorithm = Literal["SHA-256", "MD5"]
@@ -49,39 +87,6 @@ _HOSTNAME = re.compile(
 _SIP_URI = re.compile(
     r"(?i)(sips?):(?:[^@;?\s]+@)?(\[[0-9a-f:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?(;[^?\s]*)?"
 )
-_APPLE_ID = re.compile(r"[A-Za-z0-9]{1,32}")  # Apple issues 10 characters
-_BUNDLE_ID = re.compile(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
-_FCM_PROJECT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
-
-
-@dataclass(frozen=True)
-class FileRef:
-    """Marks a path field as a file read at start; `private` if it holds a secret."""
-
-    private: bool = False
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class _Issues:
-    """Collects cross-field problems and raises them as one ValidationError."""
-
-    def __init__(self) -> None:
-        self.items: list[InitErrorDetails] = []
-
-    def add(self, loc: Loc, message: str, value: Any = None) -> None:
-        error = PydanticCustomError("config_rule", message)
-        self.items.append(InitErrorDetails(type=error, loc=loc, input=value))
-
-    def raise_any(self, title: str) -> None:
-        if self.items:
-            raise ValidationError.from_exception_data(title, self.items)
-
-
-def _err(message: str) -> PydanticCustomError:
-    return PydanticCustomError("config_value", message)
 
 
 def _is_host(text: str) -> bool:
@@ -97,43 +102,32 @@ def _split_host_port(text: str) -> tuple[str, int | None]:
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
         if not sep or (rest and not rest.startswith(":")):
-            raise _err(f"bad address {text!r}: expected [IPv6]:PORT")
+            raise value_error(f"bad address {text!r}: expected [IPv6]:PORT")
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            raise _err(f"bad IPv6 address {host!r}") from None
+            raise value_error(f"bad IPv6 address {host!r}") from None
         port_text = rest[1:] if rest else None
     else:
         if text.count(":") > 1:
-            raise _err(f"bad address {text!r}: write IPv6 addresses in brackets, e.g. [::1]:5060")
+            raise value_error(
+                f"bad address {text!r}: write IPv6 addresses in brackets, e.g. [::1]:5060"
+            )
         host, _, port_text = text.partition(":")
         port_text = port_text or None
         if not _is_host(host):
-            raise _err(f"bad host {host!r}")
+            raise value_error(f"bad host {host!r}")
     if port_text is None:
         return host, None
     if not port_text.isdigit() or int(port_text) > 65535:
-        raise _err(f"bad port {port_text!r}: expected 0-65535")
+        raise value_error(f"bad port {port_text!r}: expected 0-65535")
     return host, int(port_text)
-
-
-def _resolve_path(value: Path, info: ValidationInfo) -> Path:
-    base = info.context.get("base_dir") if isinstance(info.context, dict) else None
-    if base is not None and not value.is_absolute():
-        value = Path(base) / value
-    return Path(os.path.normpath(value))
-
-
-ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
-PublicFile = Annotated[Path, AfterValidator(_resolve_path), FileRef(private=False)]
-SecretFile = Annotated[Path, AfterValidator(_resolve_path), FileRef(private=True)]
-Seconds = Annotated[float, Field(gt=0)]
 
 
 # --- sip ----------------------------------------------------------------------------------
 
 
-class ListenSpec(_Model):
+class ListenSpec(Model):
     """A socket to listen on: `udp:0.0.0.0:5060`, `tls:[::]:5061`, `tcp:host` (port 5060)."""
 
     transport: Transport
@@ -156,7 +150,7 @@ def _parse_listen(value: Any) -> Any:
     transport, sep, rest = value.partition(":")
     transport = transport.lower()
     if not sep or transport not in DEFAULT_PORTS:
-        raise _err(f"bad listen spec {value!r}: expected udp|tcp|tls:HOST:PORT")
+        raise value_error(f"bad listen spec {value!r}: expected udp|tcp|tls:HOST:PORT")
     host, port = _split_host_port(rest)
     return {
         "transport": transport,
@@ -168,18 +162,18 @@ def _parse_listen(value: Any) -> Any:
 def _check_domain(value: Any) -> Any:
     if isinstance(value, str):
         if not _is_host(value):
-            raise _err(f"bad domain {value!r}: expected a host name such as example.org")
+            raise value_error(f"bad domain {value!r}: expected a host name such as example.org")
         return value.lower().rstrip(".")
     return value
 
 
 def _check_host(value: Any) -> Any:
     if isinstance(value, str) and not _is_host(value):
-        raise _err(f"bad host {value!r}: expected a host name or IP address")
+        raise value_error(f"bad host {value!r}: expected a host name or IP address")
     return value
 
 
-class TlsConfig(_Model):
+class TlsConfig(Model):
     """Certificate and key for `tls:` listeners (RFC 3261 §26.2)."""
 
     cert_file: PublicFile
@@ -187,7 +181,7 @@ class TlsConfig(_Model):
     ca_file: PublicFile | None = None
 
 
-class TimersConfig(_Model):
+class TimersConfig(Model):
     """RFC 3261 §17.1.1.1 timer values in seconds."""
 
     t1: Seconds = 0.5
@@ -196,14 +190,14 @@ class TimersConfig(_Model):
 
     @model_validator(mode="after")
     def _order(self) -> Self:
-        issues = _Issues()
+        issues = Issues()
         if self.t2 < self.t1:
             issues.add(("t2",), f"must be >= t1 ({self.t1})", self.t2)
         issues.raise_any("TimersConfig")
         return self
 
 
-class TcpConfig(_Model):
+class TcpConfig(Model):
     """Limits for TCP and TLS connections."""
 
     idle_timeout: Seconds = 600.0
@@ -212,7 +206,7 @@ class TcpConfig(_Model):
     keepalive: bool = True  # RFC 5626 §4.4.1 CRLF keep-alives
 
 
-class SipConfig(_Model):
+class SipConfig(Model):
     """What this registrar serves and where it listens."""
 
     domains: list[Annotated[str, BeforeValidator(_check_domain)]] = Field(min_length=1)
@@ -231,7 +225,7 @@ class SipConfig(_Model):
 
     @model_validator(mode="after")
     def _rules(self) -> Self:
-        issues = _Issues()
+        issues = Issues()
         seen: dict[tuple[str, str, int], int] = {}
         for index, spec in enumerate(self.listen):
             key = (spec.transport, spec.host, spec.port)
@@ -264,14 +258,14 @@ def _parse_network(value: Any) -> Any:
     except ValueError as exc:
         if "host bits set" in str(exc):
             fixed = ipaddress.ip_network(value, strict=False)
-            raise _err(f"{value!r} has host bits set; did you mean {fixed}?") from None
-        raise _err(f"bad network {value!r}: expected a CIDR such as 10.0.0.0/8") from None
+            raise value_error(f"{value!r} has host bits set; did you mean {fixed}?") from None
+        raise value_error(f"bad network {value!r}: expected a CIDR such as 10.0.0.0/8") from None
 
 
 def _secret(min_length: int) -> BeforeValidator:
     def check(value: Any) -> Any:
         if isinstance(value, str) and len(value) < min_length:
-            raise _err(f"too short: use at least {min_length} characters")
+            raise value_error(f"too short: use at least {min_length} characters")
         return value
 
     return BeforeValidator(check)
@@ -285,7 +279,7 @@ def _upper(value: Any) -> Any:
     return value.upper() if isinstance(value, str) else value
 
 
-class AuthConfig(_Model):
+class AuthConfig(Model):
     """Digest authentication of REGISTER and requests from local users (RFC 3261 §22)."""
 
     enabled: bool = False
@@ -304,7 +298,7 @@ class AuthConfig(_Model):
 
     @model_validator(mode="after")
     def _rules(self) -> Self:
-        issues = _Issues()
+        issues = Issues()
         if self.enabled and self.users_file is None:
             issues.add(("users_file",), "required when auth.enabled is true")
         if len(set(self.algorithms)) != len(self.algorithms):
@@ -316,7 +310,7 @@ class AuthConfig(_Model):
 # --- registrar and routing ----------------------------------------------------------------
 
 
-class RegistrarConfig(_Model):
+class RegistrarConfig(Model):
     """REGISTER handling limits (RFC 3261 §10.3)."""
 
     min_expires: int = Field(default=60, ge=1)
@@ -326,7 +320,7 @@ class RegistrarConfig(_Model):
 
     @model_validator(mode="after")
     def _order(self) -> Self:
-        issues = _Issues()
+        issues = Issues()
         if not self.min_expires <= self.default_expires <= self.max_expires:
             issues.add(
                 ("default_expires",),
@@ -342,11 +336,11 @@ def _check_sip_uri(value: Any) -> Any:
     if isinstance(value, str):
         match = _SIP_URI.fullmatch(value)
         if match is None or (match.group(3) and int(match.group(3)) > 65535):
-            raise _err(f"bad SIP URI {value!r}: expected e.g. sip:pbx.example.org:5060")
+            raise value_error(f"bad SIP URI {value!r}: expected e.g. sip:pbx.example.org:5060")
     return value
 
 
-class RoutingConfig(_Model):
+class RoutingConfig(Model):
     """Where requests go and how long they may wait for a sleeping phone."""
 
     call_timeout: Seconds = 90.0
@@ -363,10 +357,10 @@ class RoutingConfig(_Model):
 def _sqlite_path(value: Any, info: ValidationInfo) -> Any:
     if value == ":memory:":
         return Path(value)
-    return _resolve_path(Path(value), info) if isinstance(value, str | Path) else value
+    return resolve_path(Path(value), info) if isinstance(value, str | Path) else value
 
 
-class SqliteConfig(_Model):
+class SqliteConfig(Model):
     """The embedded store: one file in WAL mode (or `:memory:` for tests)."""
 
     path: Annotated[Path, BeforeValidator(_sqlite_path)] = Path("/var/lib/sipushd/sipushd.db")
@@ -376,7 +370,7 @@ def _check_redis_url(value: Any) -> Any:
     if isinstance(value, str):
         parts = urlsplit(value)
         if parts.scheme not in ("redis", "rediss", "unix") or not (parts.netloc or parts.path):
-            raise _err(f"bad redis URL {value!r}: expected redis://HOST:PORT/DB")
+            raise value_error(f"bad redis URL {value!r}: expected redis://HOST:PORT/DB")
     return value
 
 
@@ -387,18 +381,20 @@ def _parse_advertise(value: Any) -> Any:
     transport, sep, rest = value.partition(":")
     transport = transport.lower()
     if not sep or transport not in DEFAULT_PORTS:
-        raise _err(f"bad advertise address {value!r}: expected udp|tcp|tls:IP:PORT")
+        raise value_error(f"bad advertise address {value!r}: expected udp|tcp|tls:IP:PORT")
     host, port = _split_host_port(rest)
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        raise _err(f"bad advertise address {value!r}: the host must be an IP address") from None
+        raise value_error(
+            f"bad advertise address {value!r}: the host must be an IP address"
+        ) from None
     if address.is_unspecified or port == 0:
-        raise _err(f"bad advertise address {value!r}: other nodes cannot send to it")
+        raise value_error(f"bad advertise address {value!r}: other nodes cannot send to it")
     return {"transport": transport, "host": host, "port": port or DEFAULT_PORTS[transport]}
 
 
-class RedisConfig(_Model):
+class RedisConfig(Model):
     """A shared store for several sipushd nodes."""
 
     url: Annotated[str, BeforeValidator(_check_redis_url)] = "redis://127.0.0.1:6379/0"
@@ -408,118 +404,12 @@ class RedisConfig(_Model):
     advertise: Annotated[ListenSpec, BeforeValidator(_parse_advertise)] | None = None
 
 
-class StorageConfig(_Model):
+class StorageConfig(Model):
     """Where bindings and stored messages live."""
 
     backend: Literal["sqlite", "redis"] = "sqlite"
     sqlite: SqliteConfig = SqliteConfig()
     redis: RedisConfig = RedisConfig()
-
-
-# --- push ---------------------------------------------------------------------------------
-
-
-def _check_endpoint(value: Any) -> Any:
-    if isinstance(value, str) and value not in ("production", "sandbox"):
-        parts = urlsplit(value)
-        if parts.scheme != "https" or not parts.hostname:
-            raise _err(f"bad endpoint {value!r}: expected production, sandbox or https://HOST:PORT")
-    return value
-
-
-def _check_fcm_endpoint(value: Any) -> Any:
-    if value == "sandbox":
-        raise _err("FCM has no sandbox: expected production or https://HOST:PORT")
-    return _check_endpoint(value)
-
-
-def _check_pattern(pattern: re.Pattern[str], what: str) -> Any:
-    def check(value: Any) -> Any:
-        if isinstance(value, str) and not pattern.fullmatch(value):
-            raise _err(f"bad {what} {value!r}")
-        return value
-
-    return BeforeValidator(check)
-
-
-class ApnsApp(_Model):
-    """One iOS app: token auth (key_file + key_id) or certificate auth (cert_file)."""
-
-    team_id: Annotated[str, _check_pattern(_APPLE_ID, "team id (letters and digits)")]
-    bundle_id: Annotated[str, _check_pattern(_BUNDLE_ID, "bundle id")]
-    key_file: SecretFile | None = None
-    key_id: Annotated[str, _check_pattern(_APPLE_ID, "key id (letters and digits)")] | None = None
-    cert_file: SecretFile | None = None  # PEM with certificate and private key
-    endpoint: Annotated[str, BeforeValidator(_check_endpoint)] = "production"
-    ca_file: PublicFile | None = None
-    payload_template: dict[str, str] | None = None
-
-    @property
-    def token_auth(self) -> bool:
-        """True for .p8 token auth, False for certificate auth."""
-        return self.key_file is not None
-
-    @model_validator(mode="after")
-    def _credentials(self) -> Self:
-        issues = _Issues()
-        if self.bundle_id.endswith(".voip"):
-            issues.add(("bundle_id",), "write the app's bundle id without .voip", self.bundle_id)
-        if self.key_file is not None and self.cert_file is not None:
-            issues.add(("cert_file",), "use either key_file + key_id or cert_file, not both")
-        elif self.key_file is None and self.cert_file is None:
-            issues.add(("key_file",), "required: key_file + key_id (token auth) or cert_file")
-        if self.key_file is not None and self.key_id is None:
-            issues.add(("key_id",), "required with key_file")
-        if self.key_id is not None and self.key_file is None:
-            issues.add(("key_id",), "only used with key_file")
-        issues.raise_any("ApnsApp")
-        return self
-
-
-class FcmApp(_Model):
-    """One Firebase project (FCM HTTP v1 with a service account)."""
-
-    project_id: Annotated[str, _check_pattern(_FCM_PROJECT, "project id")]
-    service_account_file: SecretFile
-    endpoint: Annotated[str, BeforeValidator(_check_fcm_endpoint)] = "production"
-    ca_file: PublicFile | None = None
-    payload_template: dict[str, str] | None = None
-
-
-class MockPushConfig(_Model):
-    """The in-process push recorder for local runs."""
-
-    enabled: bool = False
-
-
-class PushConfig(_Model):
-    """Push providers and how eagerly to wake phones (RFC 8599 §5.6)."""
-
-    mode: Literal["always", "unreachable"] = "always"
-    delay: float = Field(default=2.0, ge=0)
-    call_remote_push_interval: Seconds | None = None  # repeat alert pushes while ringing
-    max_queue: int = Field(default=10000, ge=1)
-    concurrency: int = Field(default=100, ge=1)
-    apns: list[ApnsApp] = []
-    fcm: list[FcmApp] = []
-    mock: MockPushConfig = MockPushConfig()
-
-    @model_validator(mode="after")
-    def _unique(self) -> Self:
-        issues = _Issues()
-        apps: dict[tuple[str, str], int] = {}
-        for index, app in enumerate(self.apns):
-            key = (app.team_id, app.bundle_id)
-            if key in apps:
-                issues.add(("apns", index), f"same team_id and bundle_id as apns[{apps[key]}]")
-            apps.setdefault(key, index)
-        projects: dict[str, int] = {}
-        for index, fcm in enumerate(self.fcm):
-            if fcm.project_id in projects:
-                issues.add(("fcm", index), f"same project_id as fcm[{projects[fcm.project_id]}]")
-            projects.setdefault(fcm.project_id, index)
-        issues.raise_any("PushConfig")
-        return self
 
 
 # --- admin, logging, root -----------------------------------------------------------------
@@ -529,11 +419,11 @@ def _check_admin_listen(value: Any) -> Any:
     if isinstance(value, str):
         _, port = _split_host_port(value)
         if port is None:
-            raise _err(f"bad address {value!r}: expected HOST:PORT, e.g. 127.0.0.1:9060")
+            raise value_error(f"bad address {value!r}: expected HOST:PORT, e.g. 127.0.0.1:9060")
     return value
 
 
-class AdminConfig(_Model):
+class AdminConfig(Model):
     """The admin HTTP server: /metrics, /health and the JSON API."""
 
     listen: Annotated[str, BeforeValidator(_check_admin_listen)] = "127.0.0.1:9060"
@@ -554,7 +444,7 @@ def _lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
 
-class LoggingConfig(_Model):
+class LoggingConfig(Model):
     """Log format and level."""
 
     format: Literal["json", "console"] = "json"
@@ -563,7 +453,7 @@ class LoggingConfig(_Model):
     ] = "info"
 
 
-class Config(_Model):
+class Config(Model):
     """The whole config file."""
 
     sip: SipConfig
@@ -591,7 +481,7 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _across_sections(self) -> Self:
-        issues = _Issues()
+        issues = Issues()
         # RFC 3261 §17.1.2.2: the sender gives up after Timer F = 64*T1.
         timer_f = 64 * self.sip.timers.t1
         if self.routing.message_accept_timeout >= timer_f:

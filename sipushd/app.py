@@ -5,6 +5,9 @@ services above it; `start()` binds the listeners, `stop(grace)` drains and close
 `run` command loads the config file, runs the daemon on uvloop, reports readiness (and
 watchdog pings) to systemd, reloads the config on SIGHUP and turns SIGTERM / SIGINT into
 a graceful stop.
+
+What each service is built with comes from `sipushd.app_settings`; the stores are
+opened by `sipushd.app_stores`.
 """
 
 from __future__ import annotations
@@ -12,36 +15,34 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import gc
 import secrets
 import signal
-import socket
 import ssl
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
 
 import structlog
 import uvloop
 
 from sipushd import __version__, metrics, notify
 from sipushd.admin import AdminServer
-from sipushd.config import Config, ConfigError, load_config
-from sipushd.core.auth import Authenticator, FailureThrottle
-from sipushd.core.cluster import ClusterPaths
-from sipushd.core.messages import MessageSettings
-from sipushd.core.payload import PayloadError, PushRequest, apns_push_type
-from sipushd.core.proxy import (
-    DEFAULT_PORTS,
-    LocalAddress,
-    ProxyIdentity,
-    is_in_dialog,
-    uri_destination,
+from sipushd.app_settings import (
+    auth_gate,
+    message_settings,
+    proxy_identity,
+    proxy_settings,
+    registrar_settings,
+    resolved_proxy_settings,
+    supported_providers,
 )
-from sipushd.core.registrar import Registrar, RegistrarSettings
+from sipushd.app_stores import open_message_store, open_store
+from sipushd.config import Config, ConfigError, load_config
+from sipushd.core.cluster import ClusterPaths
+from sipushd.core.payload import PayloadError, PushRequest, apns_push_type
+from sipushd.core.proxy import LocalAddress, is_in_dialog
+from sipushd.core.registrar import Registrar
 from sipushd.logs import configure_logging, set_level
 from sipushd.push.base import PushResult
 from sipushd.push.dispatcher import Dispatcher
@@ -50,21 +51,35 @@ from sipushd.runtime.authgate import AuthGate
 from sipushd.runtime.cluster import advertised_address
 from sipushd.runtime.engine import Engine
 from sipushd.runtime.messages import MessageService
-from sipushd.runtime.proxy import ProxyCore, ProxySettings
+from sipushd.runtime.proxy import ProxyCore
 from sipushd.runtime.refresh import RefreshPusher
 from sipushd.runtime.registrar import RegistrarService
 from sipushd.runtime.server import RequestHandler, ServerCore
-from sipushd.sip import Endpoint, Request, SipParseError, SipUri, parse_uri
+from sipushd.sip import Endpoint, Request, SipParseError
 from sipushd.sip.transaction import TimerConfig, TransactionKey, TransactionLayer
 from sipushd.store.base import BindingStore
-from sipushd.store.memory import MemoryBindingStore
-from sipushd.store.messages import MemoryMessageStore, MessageStore
-from sipushd.store.messages_sqlite import SqliteMessageStore
+from sipushd.store.messages import MessageStore
 from sipushd.store.redis_bindings import RedisBindingStore
-from sipushd.store.redis_messages import RedisMessageStore
-from sipushd.store.sqlite import SqliteBindingStore
 from sipushd.transport import TransportLimits, TransportManager
-from sipushd.users import load_users
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "Daemon",
+    "add_arguments",
+    "auth_gate",
+    "message_settings",
+    "open_message_store",
+    "open_store",
+    "proxy_identity",
+    "proxy_settings",
+    "registrar_settings",
+    "reload_config_file",
+    "resolved_proxy_settings",
+    "run",
+    "serve",
+    "supported_providers",
+    "tune_gc",
+]
 
 log = structlog.get_logger("sipushd.app")
 
@@ -415,147 +430,6 @@ def _count_push(request: PushRequest, result: PushResult) -> None:
     ).inc()
     if result.status is not None:
         metrics.PUSH_LATENCY.labels(provider=request.provider).observe(result.latency)
-
-
-S = TypeVar("S", BindingStore, MessageStore)
-
-
-async def open_store(config: Config) -> BindingStore:
-    """The binding store the config names."""
-    return await _open_backend(
-        config, MemoryBindingStore, SqliteBindingStore.open, RedisBindingStore.open
-    )
-
-
-async def open_message_store(config: Config) -> MessageStore:
-    """The message store the config names, next to the bindings (same file or server)."""
-    return await _open_backend(
-        config, MemoryMessageStore, SqliteMessageStore.open, RedisMessageStore.open
-    )
-
-
-async def _open_backend(
-    config: Config,
-    in_memory: Callable[[], S],
-    sqlite: Callable[[Path], Awaitable[S]],
-    redis: Callable[[str, str], Awaitable[S]],
-) -> S:
-    """One store of the configured backend; `sqlite.path: ":memory:"` keeps it in memory."""
-    storage = config.storage
-    if storage.backend == "sqlite":
-        path = storage.sqlite.path
-        if str(path) == ":memory:":
-            return in_memory()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return await sqlite(path)
-    if storage.backend == "redis":
-        return await redis(storage.redis.url, storage.redis.key_prefix)
-    raise ValueError(f"storage backend {storage.backend!r} is not available")
-
-
-def message_settings(config: Config) -> MessageSettings:
-    """MESSAGE store-and-forward timers and limit from `routing`."""
-    routing = config.routing
-    return MessageSettings(
-        accept_timeout=routing.message_accept_timeout,
-        delivery_timeout=float(routing.message_delivery_timeout),
-        max_per_aor=routing.max_stored_messages_per_aor,
-    )
-
-
-def registrar_settings(config: Config) -> RegistrarSettings:
-    """Registrar limits from the config."""
-    reg = config.registrar
-    return RegistrarSettings(
-        min_expires=reg.min_expires,
-        max_expires=reg.max_expires,
-        default_expires=reg.default_expires,
-        max_contacts_per_aor=reg.max_contacts_per_aor,
-    )
-
-
-def supported_providers(config: Config) -> frozenset[str]:
-    """RFC 8599 provider labels sipushd can push to with the configured credentials."""
-    push = config.push
-    labels: set[str] = set()
-    if push.apns or push.mock.enabled:
-        labels |= {"apns", "apns.dev"}
-    if push.fcm or push.mock.enabled:
-        labels.add("fcm")
-    return frozenset(labels)
-
-
-def proxy_settings(config: Config) -> ProxySettings:
-    """Routing and push settings of the proxy."""
-    routing, push = config.routing, config.push
-    upstream: SipUri | None = parse_uri(routing.upstream) if routing.upstream else None
-    return ProxySettings(
-        domains=frozenset(d.lower() for d in config.sip.domains),
-        call_timeout=routing.call_timeout,
-        push_sent_response=routing.push_sent_response,
-        push_mode=push.mode,
-        push_delay=push.delay,
-        upstream=upstream,
-        call_remote_push_interval=push.call_remote_push_interval,
-    )
-
-
-async def resolved_proxy_settings(config: Config) -> ProxySettings:
-    """`proxy_settings` with the upstream's host name looked up (RFC 3263 §4.2, A/AAAA)."""
-    settings = proxy_settings(config)
-    upstream = settings.upstream
-    if upstream is None or uri_destination(upstream) is not None:
-        return settings  # none, or an IP literal: nothing to look up
-    transport = upstream.transport
-    port = upstream.port or DEFAULT_PORTS.get(transport, 5060)
-    kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
-    try:
-        found = await asyncio.get_running_loop().getaddrinfo(upstream.host, port, type=kind)
-    except OSError as exc:
-        log.error("upstream not resolvable: requests for it get 502", upstream=str(upstream),
-                  error=str(exc))  # fmt: skip
-        return settings
-    host = str(found[0][4][0])
-    log.info("upstream resolved", upstream=str(upstream), address=f"{host}:{port}")
-    return dataclasses.replace(settings, upstream_hop=Endpoint(transport, host, port))
-
-
-_WILDCARDS = frozenset({"0.0.0.0", "::"})
-
-
-def proxy_identity(config: Config, listeners: list[Endpoint], secret: bytes) -> ProxyIdentity:
-    """Our addresses for Via / Record-Route: public_host, else the bound listener address."""
-    sip = config.sip
-    fallback = sip.public_host or sip.domains[0]
-    addresses = tuple(
-        LocalAddress(
-            e.transport,
-            sip.public_host or (e.host if e.host not in _WILDCARDS else fallback),
-            e.port,
-        )
-        for e in listeners
-    ) or (LocalAddress("udp", fallback, 5060),)
-    aliases = {a.host.lower() for a in addresses} | {e.host for e in listeners}
-    if sip.public_host:
-        aliases.add(sip.public_host.lower())
-    return ProxyIdentity(addresses, frozenset(aliases - _WILDCARDS), secret)
-
-
-def auth_gate(config: Config) -> AuthGate | None:
-    """Digest authentication for REGISTER (and the proxy), when enabled."""
-    auth = config.auth
-    if not auth.enabled:
-        return None
-    realm = auth.realm or config.sip.domains[0]
-    assert auth.users_file is not None
-    secret = auth.secret.get_secret_value().encode() if auth.secret else secrets.token_bytes(32)
-    return AuthGate(
-        Authenticator(realm, secret, nonce_ttl=auth.nonce_ttl, algorithms=auth.algorithms),
-        load_users(auth.users_file, realm),
-        trusted=tuple(auth.trusted_networks),
-        throttle=FailureThrottle(auth.max_failures, auth.block_seconds),
-        clock=time.time,
-    )
 
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)

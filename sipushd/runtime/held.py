@@ -1,8 +1,8 @@
 """The state of one held INVITE (RFC 8599 §5.6.2): its pushed devices and their wake-up story.
 
-Plain mutable records owned by `ProxyCore`; times are event-loop seconds. A device is
-one `+sip.instance` (else one binding key): it is pushed once, and the held INVITE is
-forked to it once, whatever number of REGISTERs it sends.
+Plain mutable records owned by `CallWaker` (runtime/wakeup.py); times are event-loop
+seconds. A device is one `+sip.instance` (else one binding key): it is pushed once,
+and the held INVITE is forked to it once, whatever number of REGISTERs it sends.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ request that is not addressed to the server itself:
   instance), forked in parallel. A binding with push parameters gets a push
   (`push.mode: always`: at once; `unreachable`: when its flow is gone or no
   provisional answer came within `push.delay`); the INVITE is held and forked
-  to the phone as soon as it registers again, once per device.
+  to the phone as soon as it registers again, once per device (runtime/wakeup.py).
 - Other targets go to `routing.upstream`, only for local users (407 when
   authentication is on); never an open relay (403).
 - A request another node routed through our own Path entry (shared store,
@@ -22,7 +22,7 @@ request that is not addressed to the server itself:
   §16.11; runtime/stateless.py) where its INVITE would have gone.
 
 Only this module reads the clock for the proxy: `clock` (UNIX time) for push
-deadlines and the event loop for timers.
+deadlines, handed to the `CallWaker` as `now`; timers run on the event loop.
 """
 
 from __future__ import annotations
@@ -35,20 +35,16 @@ from typing import Protocol
 
 import structlog
 
-from sipushd import metrics
 from sipushd.core.binding import Binding
 from sipushd.core.cluster import ClusterPaths
-from sipushd.core.payload import PushKind, PushRequest, PushService
 from sipushd.core.proxy import (
     DialogFlows,
     ForwardTarget,
     ProxyIdentity,
-    bindings_matching,
     find_loop,
     forward_request,
     is_in_dialog,
     new_branch,
-    push_requests_for,
     response_upstream,
     same_endpoint,
     strip_own_routes,
@@ -56,19 +52,21 @@ from sipushd.core.proxy import (
     upstream_target,
     uri_destination,
 )
-from sipushd.push.base import PushResult
 from sipushd.runtime.authgate import AuthGate
 from sipushd.runtime.cluster import relay_to_flow
 from sipushd.runtime.engine import Engine
 from sipushd.runtime.forking import Branch, ForwardContext
-from sipushd.runtime.held import HeldCall, Wakeup, device_id
+from sipushd.runtime.held import device_id
 from sipushd.runtime.server import ServerCore
 from sipushd.runtime.stateless import CancelRelay
+from sipushd.runtime.wakeup import CallWaker, PushSender
 from sipushd.sip import Endpoint, Request, Response, SipParseError, SipUri, make_response
 from sipushd.sip.transaction import TransactionError, TransactionKey
 from sipushd.store.base import BindingStore, StoreError
 from sipushd.transport import TransportError
 from sipushd.transport.routing import response_destination
+
+__all__ = ["Network", "ProxyCore", "ProxySettings", "PushSender"]
 
 log = structlog.get_logger("sipushd.proxy")
 
@@ -82,14 +80,6 @@ class Network(Protocol):
 
     def send(self, message: Request | Response, destination: Endpoint) -> Endpoint:
         """Send without a transaction (stateless forwarding)."""
-        ...
-
-
-class PushSender(Protocol):
-    """What the proxy needs of the push dispatcher."""
-
-    def submit(self, request: PushRequest) -> asyncio.Future[PushResult]:
-        """Queue one push; the future resolves to its result."""
         ...
 
 
@@ -130,15 +120,13 @@ class ProxyCore:
         self.engine: Engine = server.engine
         self.store = store
         self.network = network
-        self.pushes = pushes
         self.identity = identity
         self.settings = settings
         self.auth = auth
         self.clock = clock
         self._loop = asyncio.get_running_loop()
         self._contexts: dict[TransactionKey, ForwardContext] = {}
-        self._calls: dict[TransactionKey, HeldCall] = {}
-        self._held: dict[str, set[HeldCall]] = {}
+        self._waker = CallWaker(self.engine, pushes, self.fork_to, network.flow_alive)
         self._tasks: set[asyncio.Task[None]] = set()
         # (aor, key) -> the flow a binding registered on; persistent stores forget
         # flow ids (they name connections of this process only), the proxy does not.
@@ -157,14 +145,22 @@ class ProxyCore:
         server.stray_response_handler = self.on_stray_response
 
     @property
+    def pushes(self) -> PushSender:
+        """The push dispatcher (SIGHUP replaces it)."""
+        return self._waker.pushes
+
+    @pushes.setter
+    def pushes(self, pushes: PushSender) -> None:
+        self._waker.pushes = pushes
+
+    @property
     def held_calls(self) -> int:
         """INVITEs currently held for a waking phone."""
-        return sum(len(calls) for calls in self._held.values())
+        return self._waker.held_calls
 
     def held(self) -> list[dict[str, object]]:
         """The held INVITEs and their pushed devices (for the admin API)."""
-        now = self._loop.time()
-        return [call.view(now) for calls in self._held.values() for call in calls]
+        return self._waker.held()
 
     # --- requests --------------------------------------------------------------------
 
@@ -238,7 +234,7 @@ class ProxyCore:
             context.finish(context.reply(480))
             return
         if request.method == "INVITE":
-            self._start_call(context, request.uri.aor, bindings)
+            self._waker.start(context, request.uri.aor, bindings, self.settings, self.clock())
         else:
             self.fork_to_bindings(context, bindings)
 
@@ -279,18 +275,7 @@ class ProxyCore:
 
     def _context_finished(self, context: ForwardContext) -> None:
         self._contexts.pop(context.key, None)
-        call = self._calls.get(context.key)
-        if call is None:
-            return
-        if call.repeat is not None:
-            call.repeat.cancel()
-            call.repeat = None
-        ended_early = call.cancelled or context.answered
-        if ended_early:
-            # Devices still waking up: "missed call" / "accepted elsewhere" alerts.
-            self._missed_call_pushes(call, context.cancel_reason)
-        if not (ended_early and call.voip_waiting()):
-            self._end_call(call)
+        self._waker.on_finished(context)
 
     def fork_to_bindings(self, context: ForwardContext, bindings: Collection[Binding]) -> None:
         """Fork a non-INVITE request to every binding reachable now (no push)."""
@@ -348,165 +333,11 @@ class ProxyCore:
         )
         context.fork(forwarded, target.destination)
 
-    # --- push and hold (RFC 8599 §5.6.2) ---------------------------------------------
-
-    def _start_call(self, context: ForwardContext, aor: str, bindings: list[Binding]) -> None:
-        call = HeldCall(context, aor, self._loop.time())
-        context.holding = call.waiting
-        self._calls[context.key] = call
-        deadline = self.clock() + self.settings.call_timeout
-        with context.forking():
-            self._fork_or_push(call, bindings, deadline)
-        if call.wakeups:
-            call.held = True
-            metrics.HELD_REQUESTS.labels(method="INVITE").inc()
-            self._held.setdefault(aor, set()).add(call)
-            if self.settings.push_sent_response and not context.finished:
-                self.engine.respond(context.key, make_response(context.request, 110, "Push sent"))
-        if context.finished:
-            self._end_call(call)
-            return
-        call.timer = self._loop.call_later(self.settings.call_timeout, self._timeout, call)
-        interval = self.settings.call_remote_push_interval
-        if interval and call.may_ring_by_alert():
-            call.repeat = self._loop.call_later(interval, self._ring_again, call, interval)
-
-    def _fork_or_push(self, call: HeldCall, bindings: list[Binding], deadline: float) -> None:
-        context = call.context
-        for binding in bindings:
-            alive = binding.flow.reliable and self.network.flow_alive(binding.flow)
-            pushes = push_requests_for(binding, context.request, deadline=deadline)
-            if binding.push is None or alive:
-                branch = self.fork_to(context, binding)
-                if branch is not None:
-                    call.forked[device_id(binding)] = branch
-                    branch.on_event = self._branch_event(call)
-            if not pushes:
-                continue
-            if self.settings.push_mode == "always" or not alive:
-                self._push(call, binding, pushes[0])
-            else:
-                self._push_later(call, binding, pushes[0])
-
-    def _push(self, call: HeldCall, binding: Binding, push: PushRequest) -> None:
-        wakeup = Wakeup(binding, push, self._loop.time())
-        call.wakeups[device_id(binding)] = wakeup
-        future = self.pushes.submit(push)
-        future.add_done_callback(lambda f: self._pushed(call, wakeup, f))
-
-    def _push_later(self, call: HeldCall, binding: Binding, push: PushRequest) -> None:
-        """`push.mode: unreachable`: push only if the live flow stays silent for push.delay."""
-        wakeup = Wakeup(binding, push, self._loop.time(), state="scheduled")
-        call.wakeups[device_id(binding)] = wakeup
-
-        def check() -> None:
-            branch = call.forked.get(device_id(binding))
-            if wakeup.state != "scheduled" or call.context.finished:
-                return
-            if branch is not None and branch.provisional and not branch.done:
-                wakeup.state = "failed"  # it rings: no push needed
-                return
-            wakeup.state = "pushing"
-            wakeup.pushed_at = self._loop.time()
-            future = self.pushes.submit(push)
-            future.add_done_callback(lambda f: self._pushed(call, wakeup, f))
-
-        self._loop.call_later(self.settings.push_delay, check)
-
-    def _pushed(self, call: HeldCall, wakeup: Wakeup, future: asyncio.Future[PushResult]) -> None:
-        delivered = not future.cancelled() and future.result().delivered
-        if wakeup.state != "pushing":
-            return
-        wakeup.state = "pushed" if delivered else "failed"
-        if not delivered:
-            # A push that failed is a failed branch: this device will not register.
-            call.context.check_done()
-
-    def _ring_again(self, call: HeldCall, interval: float) -> None:
-        """Repeat the IC_MSG alert of devices still ringing by alert push.
-
-        The repeat keeps the Call-ID as apns-collapse-id, so iOS replaces the
-        notification; its `sequence` makes it a new push for the dispatcher.
-        """
-        call.repeat = None
-        for wakeup in call.ringing_by_alert():
-            wakeup.repeats += 1
-            self.pushes.submit(replace(wakeup.push, sequence=wakeup.repeats))
-        if call.may_ring_by_alert():
-            call.repeat = self._loop.call_later(interval, self._ring_again, call, interval)
-
     def on_registered(self, binding: Binding) -> None:
         """Registrar listener: a device registered; fork held INVITEs to it (once)."""
         if binding.flow.flow is not None:
             self._flows[(binding.aor, binding.key)] = binding.flow
-        for call in list(self._held.get(binding.aor, ())):
-            for wakeup in call.wakeups.values():
-                if wakeup.state == "registered":
-                    continue
-                if not bindings_matching(binding, [wakeup.binding]):
-                    continue
-                wakeup.state = "registered"
-                wakeup.registered_at = self._loop.time()
-                # After this call returns the registrar sends its 2xx: the INVITE follows it.
-                self._loop.call_soon(self._wake, call, wakeup, binding)
-
-    def _wake(self, call: HeldCall, wakeup: Wakeup, binding: Binding) -> None:
-        context = call.context
-        ident = device_id(wakeup.binding)
-        prior = call.forked.get(ident)
-        if prior is not None and not (prior.done and prior.status in (0, 408)):
-            return  # this device already has the INVITE
-        late = context.finished
-        ended_early = call.cancelled or context.answered
-        if late and not (ended_early and wakeup.push.service is PushService.VOIP):
-            return
-        branch = self.fork_to(context, binding, ident)
-        if branch is None:
-            context.check_done()
-            return
-        branch.on_event = self._branch_event(call)
-        call.forked[ident] = branch
-        wakeup.forwarded_at = self._loop.time()
-        provider = wakeup.push.provider
-        metrics.WAKEUPS.labels(provider=provider).inc()
-        if wakeup.registered_at is not None:
-            metrics.WAKEUP_LATENCY.labels(provider=provider).observe(
-                wakeup.registered_at - wakeup.pushed_at
-            )
-        if late and not call.voip_waiting():
-            self._end_call(call)
-
-    def _branch_event(self, call: HeldCall) -> Callable[[Branch, Response | None], None]:
-        def event(branch: Branch, response: Response | None) -> None:
-            wakeup = call.wakeups.get(branch.label or "")
-            if wakeup is not None and branch.done:
-                wakeup.answered = branch.status
-                if wakeup.waiting and branch.status not in (0, 408):
-                    # The device is awake and gave its answer: stop waiting for it.
-                    wakeup.state = "answered"
-
-        return event
-
-    def _timeout(self, call: HeldCall) -> None:
-        """routing.call_timeout: nobody answered; 480 or the best response (§16.7)."""
-        call.timer = None
-        call.context.finish_best(480)
-        self._end_call(call)
-
-    def _end_call(self, call: HeldCall) -> None:
-        call.stop_timers()
-        calls = self._held.get(call.aor)
-        if calls is not None:
-            calls.discard(call)
-            if not calls:
-                del self._held[call.aor]
-        call.forked.clear()  # breaks the call <-> branch cycle (see ForwardContext)
-        if self._calls.pop(call.context.key, None) is None:
-            return
-        if call.held:
-            metrics.HELD_REQUESTS.labels(method="INVITE").dec()
-        for fields in call.story():
-            log.info("wake-up", **fields)
+        self._waker.on_registered(binding)
 
     # --- CANCEL, in-dialog, ACK, stray responses -------------------------------------
 
@@ -529,9 +360,7 @@ class ProxyCore:
             return
         reason = cancel.headers.get("Reason")
         context.cancel_reason = reason
-        call = self._calls.get(invite_key)
-        if call is not None:
-            call.cancelled = True
+        self._waker.on_cancelled(invite_key)
         context.cancel_all(reason)
         context.finish(context.reply(487))
 
@@ -574,20 +403,6 @@ class ProxyCore:
         except (StoreError, SipParseError) as exc:
             log.info("CANCEL target lookup failed", error=str(exc), call_id=cancel.call_id)
         self._cancels.forward(cancel, key, stripped, target)
-
-    def _missed_call_pushes(self, call: HeldCall, reason: str | None) -> None:
-        """Devices woken by an alert / data push get a missed-call push (RFC 3326 reason)."""
-        for wakeup in call.wakeups.values():
-            if not wakeup.waiting or wakeup.push.service is PushService.VOIP:
-                continue
-            wakeup.state = "failed"
-            for push in push_requests_for(
-                wakeup.binding,
-                call.context.request,
-                deadline=wakeup.push.deadline,
-                kind=PushKind.MISSED_CALL,
-            ):
-                self.pushes.submit(replace(push, cancel_reason=reason))
 
     def _in_dialog(
         self, request: Request, source: Endpoint, key: TransactionKey, flows: DialogFlows | None
@@ -665,8 +480,7 @@ class ProxyCore:
 
     async def close(self) -> None:
         """Stop timers and wait for requests in progress."""
-        for call in list(self._calls.values()):
-            call.stop_timers()
+        self._waker.stop_timers()
         for context in list(self._contexts.values()):
             context.stop_timers()
         self._cancels.close()

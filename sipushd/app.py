@@ -29,6 +29,7 @@ import uvloop
 from sipushd import __version__, metrics, notify
 from sipushd.admin import AdminServer
 from sipushd.app_settings import (
+    apply_overload,
     auth_gate,
     message_settings,
     proxy_identity,
@@ -125,6 +126,7 @@ class Daemon:
             ),
         )
         self.server = server = ServerCore(engine, user_agent=f"sipushd/{__version__}")
+        apply_overload(server, sip.overload)
         engine.attach(transport, server)
         self.store = store = await open_store(self.config)
         self.dispatcher = Dispatcher(
@@ -134,8 +136,8 @@ class Daemon:
             on_result=_count_push,
         )
         await self.dispatcher.start()
-        dispatcher = self.dispatcher
-        server.overload_checks.append(lambda: dispatcher.full)
+        # The current dispatcher: SIGHUP replaces it.
+        server.overload_checks.append(lambda: self.dispatcher is not None and self.dispatcher.full)
         gate = auth_gate(self.config)
         self.registrar = RegistrarService(
             server,
@@ -298,6 +300,8 @@ class Daemon:
             self.refresher.pushes = dispatcher
         if self.messages is not None:
             self.messages.settings = message_settings(config)
+        if self.server is not None:
+            apply_overload(self.server, config.sip.overload)
         if old is not None:  # pushes in flight finish on the old providers
             task = asyncio.create_task(old.stop(config.shutdown_grace))
             self._retired.add(task)
@@ -397,9 +401,13 @@ def _refuse_new_work(server: ServerCore) -> None:
 
 
 def _keep_restart_only(current: Config, new: Config) -> Config:
-    """`new` with the sections that need a restart (sip, storage, admin.listen) kept."""
+    """`new` with the sections that need a restart (sip, storage, admin.listen) kept.
+
+    `sip.overload` is the exception in `sip`: the new limits apply at once.
+    """
     kept = []
-    if new.sip != current.sip:
+    sip = current.sip.model_copy(update={"overload": new.sip.overload})
+    if new.sip != sip:
         kept.append("sip")
     if new.storage != current.storage:
         kept.append("storage")
@@ -411,7 +419,7 @@ def _keep_restart_only(current: Config, new: Config) -> Config:
         log.warning("config change needs a restart: kept the running value", key=key)
     admin = new.admin.model_copy(update={"listen": current.admin.listen})
     logging = new.logging.model_copy(update={"format": current.logging.format})
-    update = {"sip": current.sip, "storage": current.storage, "admin": admin, "logging": logging}
+    update = {"sip": sip, "storage": current.storage, "admin": admin, "logging": logging}
     return new.model_copy(update=update)
 
 

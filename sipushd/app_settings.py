@@ -3,7 +3,8 @@
 The composition root (`sipushd.app`) builds the services with these at start and
 again on SIGHUP: registrar limits, the proxy's routing and push settings (the
 upstream's host name looked up), the proxy's own addresses, the digest auth gate
-(which reads the users file) and the MESSAGE timers. Raw config values stop here.
+(which reads the users file), the MESSAGE timers and the overload limits. Raw
+config values stop here.
 """
 
 from __future__ import annotations
@@ -17,16 +18,19 @@ import time
 import structlog
 
 from sipushd.config import Config
+from sipushd.config_schema import OverloadConfig
 from sipushd.core.auth import Authenticator, FailureThrottle
 from sipushd.core.messages import MessageSettings
 from sipushd.core.proxy import DEFAULT_PORTS, LocalAddress, ProxyIdentity, uri_destination
 from sipushd.core.registrar import RegistrarSettings
 from sipushd.runtime.authgate import AuthGate
 from sipushd.runtime.proxy import ProxySettings
+from sipushd.runtime.server import ServerCore
 from sipushd.sip import Endpoint, SipUri, parse_uri
 from sipushd.users import load_users
 
 __all__ = [
+    "apply_overload",
     "auth_gate",
     "message_settings",
     "proxy_identity",
@@ -83,6 +87,7 @@ def proxy_settings(config: Config) -> ProxySettings:
         push_delay=push.delay,
         upstream=upstream,
         call_remote_push_interval=push.call_remote_push_interval,
+        timer_c=routing.timer_c,
     )
 
 
@@ -142,3 +147,9 @@ def auth_gate(config: Config) -> AuthGate | None:
         throttle=FailureThrottle(auth.max_failures, auth.block_seconds),
         clock=time.time,
     )
+
+
+def apply_overload(server: ServerCore, overload: OverloadConfig) -> None:
+    """Load-shedding limits from `sip.overload` (RFC 3261 §21.5.4: 503 with Retry-After)."""
+    server.max_transactions = overload.max_transactions
+    server.retry_after = overload.retry_after

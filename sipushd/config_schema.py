@@ -56,6 +56,7 @@ __all__ = [
     "ListenSpec",
     "LoggingConfig",
     "MockPushConfig",
+    "OverloadConfig",
     "PublicFile",
     "PushConfig",
     "RedisConfig",
@@ -206,6 +207,13 @@ class TcpConfig(Model):
     keepalive: bool = True  # RFC 5626 §4.4.1 CRLF keep-alives
 
 
+class OverloadConfig(Model):
+    """Load shedding: new INVITE / MESSAGE get 503 with Retry-After (RFC 3261 §21.5.4)."""
+
+    max_transactions: int = Field(default=50_000, ge=100)  # live SIP transactions
+    retry_after: int = Field(default=10, ge=1, le=3600)  # seconds, in the 503
+
+
 class SipConfig(Model):
     """What this registrar serves and where it listens."""
 
@@ -222,6 +230,7 @@ class SipConfig(Model):
     max_message_size: int = Field(default=65536, ge=1500, le=16 * 1024 * 1024)
     timers: TimersConfig = TimersConfig()
     tcp: TcpConfig = TcpConfig()
+    overload: OverloadConfig = OverloadConfig()
 
     @model_validator(mode="after")
     def _rules(self) -> Self:
@@ -349,6 +358,9 @@ class RoutingConfig(Model):
     push_sent_response: bool = True  # RFC 8599 §5.6.2: 110 Push sent
     upstream: Annotated[str, BeforeValidator(_check_sip_uri)] | None = None
     max_stored_messages_per_aor: int = Field(default=100, ge=0)
+    # RFC 3261 §16.6 step 11: a proxied INVITE's branch gets Timer C, "larger than 3 minutes",
+    # restarted by each provisional; when it fires the branch is cancelled.
+    timer_c: float = Field(default=181.0, gt=180.0)
 
 
 # --- storage ------------------------------------------------------------------------------

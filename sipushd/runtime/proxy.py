@@ -98,7 +98,7 @@ class ProxySettings:
     # push.call_remote_push_interval: ring iOS alert-push devices again (None: once).
     call_remote_push_interval: float | None = None
     # §16.6 step 11: how long an INVITE branch may ring without a final answer (> 3 min).
-    timer_c: float | None = 180.0
+    timer_c: float | None = 181.0
 
 
 class ProxyCore:

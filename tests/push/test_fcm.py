@@ -36,6 +36,8 @@ async def test_data_message_on_the_wire(
     assert push.status == 200  # the access token came from the mock's /token
     assert push.path == f"/v1/projects/{PROJECT}/messages:send"
     assert push.headers["authorization"].startswith("Bearer ")
+    assert push.headers["content-type"] == "application/json"
+    assert push.headers["user-agent"].startswith("sipushd/")
     message = push.payload["message"]
     assert message["token"] == TOKEN
     assert "notification" not in message  # data-only: the app's service wakes up

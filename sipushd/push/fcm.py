@@ -3,7 +3,7 @@
 The access token comes from the JWT-bearer grant (RFC 7523 §2.1): an RS256
 assertion signed with google-auth's signer, POSTed to the account's
 ``token_uri`` with httpx (async, so the event loop never blocks), cached
-and refreshed five minutes before it expires. Messages go to
+and refreshed in the background five minutes before it expires. Messages go to
 ``{endpoint}/v1/projects/{project}/messages:send``.
 
 A push is the hot path: its URL is parsed once per project, its headers are
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import structlog
 from google.auth import crypt as google_crypt
 from google.auth import jwt as google_jwt
 
@@ -42,10 +43,13 @@ from sipushd.push.tls import client_context
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"
 ASSERTION_LIFETIME = 3600
-REFRESH_MARGIN = 300.0
+REFRESH_MARGIN = 300.0  # refresh in the background this long before expiry
+EXPIRY_MARGIN = 60.0  # stop sending a token this long before it expires
+REFRESH_RETRY = 10.0  # after a failed background refresh
 # FCM errorCode / status values meaning the token is gone for good.
 DEAD_TOKEN_CODES = {"UNREGISTERED", "NOT_FOUND"}
 TIMEOUT = httpx.Timeout(10.0)
+log = structlog.get_logger("sipushd.push")
 _STATIC_HEADERS = [
     (b"content-type", b"application/json"),
     (b"user-agent", f"sipushd/{__version__}".encode()),
@@ -53,7 +57,16 @@ _STATIC_HEADERS = [
 
 
 class AccessTokenSource:
-    """OAuth2 access tokens for one service account, fetched with the JWT-bearer grant."""
+    """OAuth2 access tokens for one service account, fetched with the JWT-bearer grant.
+
+    A push reads the cached token without waiting. From ``REFRESH_MARGIN``
+    before the token's expiry a new one is fetched in the background while
+    pushes keep using the old one; a push waits only when no usable token
+    is left (first push, after a 401, or after the refreshes failed until
+    ``EXPIRY_MARGIN`` before expiry). There is one fetch at a time however
+    many pushes wait, and a failed background refresh is tried again after
+    ``REFRESH_RETRY`` seconds, not on every push.
+    """
 
     def __init__(
         self,
@@ -67,22 +80,61 @@ class AccessTokenSource:
         self.token_uri = str(account.get("token_uri") or DEFAULT_TOKEN_URI)
         self._client = client
         self._clock = clock
-        self._lock = asyncio.Lock()
         self._token: str | None = None
-        self._expires_at = 0.0
+        self._refresh_at = 0.0  # a background fetch starts from here on
+        self._expires_at = 0.0  # the token is not sent from here on
+        self._fetching: asyncio.Task[str] | None = None
+
+    @property
+    def fetching(self) -> asyncio.Task[str] | None:
+        """The token fetch in progress, if any."""
+        return self._fetching
 
     def invalidate(self) -> None:
         """Forget the cached token (FCM answered 401)."""
         self._token = None
 
     async def token(self) -> str:
-        """A valid access token; one fetch at a time however many pushes wait."""
-        async with self._lock:
-            if self._token is None or self._clock() >= self._expires_at:
-                self._token, lifetime = await self._fetch()
-                margin = min(REFRESH_MARGIN, lifetime / 2)
-                self._expires_at = self._clock() + lifetime - margin
-            return self._token
+        """A usable access token: the cached one at once, else the result of the fetch."""
+        now = self._clock()
+        token = self._token
+        if token is not None and now < self._expires_at:
+            if now >= self._refresh_at and self._fetching is None:
+                self._start_fetch()
+            return token
+        # Shielded: a push giving up (its deadline) must not cancel the others' fetch.
+        return await asyncio.shield(self._fetching or self._start_fetch())
+
+    async def stop(self) -> None:
+        """Cancel a fetch in progress."""
+        task = self._fetching
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def _start_fetch(self) -> asyncio.Task[str]:
+        task = asyncio.get_running_loop().create_task(self._fetch_and_store())
+        task.add_done_callback(self._fetch_done)
+        self._fetching = task
+        return task
+
+    async def _fetch_and_store(self) -> str:
+        token, lifetime = await self._fetch()
+        now = self._clock()
+        self._token = token
+        self._refresh_at = now + lifetime - min(REFRESH_MARGIN, lifetime / 2)
+        self._expires_at = now + lifetime - min(EXPIRY_MARGIN, lifetime / 4)
+        return token
+
+    def _fetch_done(self, task: asyncio.Task[str]) -> None:
+        self._fetching = None
+        if task.cancelled():
+            return
+        exc = task.exception()  # retrieved here, so never "never retrieved"
+        if exc is not None and self._token is not None:
+            # A background refresh failed; the token in hand still works for a while.
+            self._refresh_at = self._clock() + REFRESH_RETRY
+            log.warning("FCM access token refresh failed", token_uri=self.token_uri, error=str(exc))
 
     def assertion(self, now: float) -> str:
         """The signed RS256 assertion for the token request (RFC 7523 §3)."""
@@ -156,8 +208,9 @@ class FcmProvider(PushProvider):
         self._apps = {settings.project_id: _App(settings, clock) for settings in apps}
 
     async def stop(self) -> None:
-        """Close the HTTP clients."""
+        """Cancel token fetches and close the HTTP clients."""
         for app in self._apps.values():
+            await app.tokens.stop()
             await app.client.aclose()
 
     async def send(self, request: PushRequest) -> PushResult:

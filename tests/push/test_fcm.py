@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from sipushd.core.payload import PushKind, PushRequest
 from sipushd.push.base import PermanentPushError, PushOutcome, TemporaryPushError
 from sipushd.push.dispatcher import Dispatcher
-from sipushd.push.fcm import AccessTokenSource, FcmProvider
+from sipushd.push.fcm import REFRESH_RETRY, AccessTokenSource, FcmProvider
 from sipushd.push.settings import DispatcherSettings, FcmAppSettings
 from sipushd.push.tls import client_context
 from sipushd.testing.mock_pns import MockPushService, write_test_service_account
@@ -54,27 +55,83 @@ async def test_data_message_on_the_wire(
     assert "send_time" in data
 
 
+def token_client(pns: MockPushService, sent: list[httpx.Request]) -> httpx.AsyncClient:
+    """A client for the mock's token endpoint that lists every request it sends."""
+
+    async def record(request: httpx.Request) -> None:
+        sent.append(request)
+
+    return httpx.AsyncClient(
+        http2=True,
+        verify=client_context(pns.ca_file, alpn=()),
+        trust_env=False,
+        event_hooks={"request": [record]},
+    )
+
+
 @pytest.mark.asyncio
-async def test_access_token_is_cached_and_refreshed_before_expiry(
+async def test_access_token_is_cached_and_refreshed_in_the_background(
     pns: MockPushService, tmp_path: Path
 ) -> None:
     account = json.loads(
         write_test_service_account(tmp_path / "sa.json", pns.token_uri, PROJECT).read_text()
     )
     now = [time.time()]
-    async with httpx.AsyncClient(
-        http2=True, verify=client_context(pns.ca_file, alpn=()), trust_env=False
-    ) as client:
+    sent: list[httpx.Request] = []
+    async with token_client(pns, sent) as client:
         source = AccessTokenSource(account, client, clock=lambda: now[0])
-        first = await source.token()
-        assert await source.token() == first
+        first, again = await asyncio.gather(source.token(), source.token())
+        assert again == first
+        assert len(sent) == 1  # one fetch for every push waiting
         now[0] += 3200  # the mock's tokens live 3600 s; refreshed 300 s early
         assert await source.token() == first
+        assert source.fetching is None
         now[0] += 200
-        second = await source.token()
+        assert await source.token() == first  # still valid: the push does not wait
+        refresh = source.fetching
+        assert refresh is not None
+        assert await source.token() == first  # and it does not start a second fetch
+        second = await refresh
         assert second != first
+        assert await source.token() == second
+        assert len(sent) == 2
         source.invalidate()
         assert await source.token() not in (first, second)
+
+
+@pytest.mark.asyncio
+async def test_failed_refresh_keeps_the_token_until_it_expires(
+    pns: MockPushService, tmp_path: Path
+) -> None:
+    account = json.loads(
+        write_test_service_account(tmp_path / "sa.json", pns.token_uri, PROJECT).read_text()
+    )
+    now = [time.time()]
+    sent: list[httpx.Request] = []
+    async with token_client(pns, sent) as client:
+        source = AccessTokenSource(account, client, clock=lambda: now[0])
+        first = await source.token()
+        await pns.stop()  # the token endpoint is gone
+        now[0] += 3400
+        assert await source.token() == first
+        refresh = source.fetching
+        assert refresh is not None
+        with pytest.raises(TemporaryPushError):
+            await refresh
+        now[0] += REFRESH_RETRY - 1
+        assert await source.token() == first
+        assert source.fetching is None  # not tried again on every push
+        now[0] += 1
+        assert await source.token() == first
+        retry = source.fetching
+        assert retry is not None
+        with pytest.raises(TemporaryPushError):
+            await retry
+        assert len(sent) == 3
+        now[0] += 200  # 60 s before the token's expiry: no longer sent
+        with pytest.raises(TemporaryPushError) as info:
+            await source.token()
+    assert info.value.reason == "oauth2_unreachable"
 
 
 @pytest.mark.asyncio

@@ -37,6 +37,7 @@ from sipushd.push.base import (
     TemporaryPushError,
     parse_retry_after,
 )
+from sipushd.push.netbackend import AsyncioHTTPTransport
 from sipushd.push.settings import FCM_SCOPE, FcmAppSettings, fcm_endpoint_url
 from sipushd.push.tls import client_context
 
@@ -177,9 +178,9 @@ class _App:
         self.url = httpx.URL(
             f"{fcm_endpoint_url(settings.endpoint)}/v1/projects/{settings.project_id}/messages:send"
         )
-        # httpx sets ALPN (h2, http/1.1) on the context itself.
+        # httpcore sets ALPN (h2, http/1.1) on the context itself.
         context = client_context(settings.ca_file, alpn=())
-        self.transport = httpx.AsyncHTTPTransport(http2=True, verify=context, trust_env=False)
+        self.transport = AsyncioHTTPTransport(context, http2=True)
         # The client is for the token endpoint; it shares the transport's connections.
         self.client = httpx.AsyncClient(transport=self.transport, trust_env=False, timeout=TIMEOUT)
         self.tokens = AccessTokenSource(account, self.client, clock)

@@ -8,8 +8,8 @@ requests never meet: each push's HEADERS, DATA and END_STREAM went out as its
 own TLS record and ``send()`` system call, three or more per push, and on
 loopback the sender pays for the receiver's TCP processing too.
 
-This backend runs on the loop's transports (uvloop's native TLS under the
-daemon, asyncio's elsewhere) and corks writes: bytes written are sent when
+This backend runs on the loop's own TLS transports (uvloop's, in Cython, under
+the daemon; asyncio's elsewhere) and corks writes: bytes written are sent when
 ``CORK_ITERATIONS`` loop iterations have passed since the first unsent write,
 or at once past ``CORK_BYTES``. The frames of the pushes made meanwhile share
 one TLS record and one system call; a lone push waits a few idle iterations

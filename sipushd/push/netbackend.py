@@ -184,8 +184,10 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             self._transport.write(data)
 
     async def aclose(self) -> None:
+        # Abort, as anyio's stream does: a graceful TLS close waits for the peer's
+        # close_notify, and a loop closed meanwhile (a one-shot push-test) leaks the socket.
         self._flush()
-        self._transport.close()
+        self._transport.abort()
 
     async def start_tls(
         self,

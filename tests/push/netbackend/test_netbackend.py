@@ -130,3 +130,17 @@ async def test_connect_failures_are_connect_errors(pns: MockPushService) -> None
     async with AsyncioHTTPTransport(client_context(None, alpn=())) as untrusting:
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
             await send(untrusting, pns.base_url + "/token")
+
+
+@pytest.mark.asyncio
+async def test_closing_the_transport_closes_its_sockets_at_once(pns: MockPushService) -> None:
+    # Without waiting for the peer's TLS close_notify: a one-shot `push-test` closes its
+    # loop right after, and a socket still open then is leaked.
+    transport = AsyncioHTTPTransport(client_context(pns.ca_file, alpn=()))
+    answer = await send(transport, pns.base_url + "/token", body={})
+    sock = answer.extensions["network_stream"].get_extra_info("socket")
+    assert sock.fileno() >= 0
+    await transport.aclose()
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert sock.fileno() == -1

@@ -287,19 +287,30 @@ def make_response(
 ) -> Response:
     """Build a response to ``request`` copying Via, From, To, Call-ID, CSeq (§8.2.6.2)."""
     req = request.headers
-    items = [("Via", v) for v in req.get_all("Via")]
+    vias = req._by_key("via")
     to = req.get("To") or ""
     if to_tag is not None and request.to.tag is None:
         # An appended parameter is a header parameter in both name-addr and
         # addr-spec form (RFC 3261 §20).
         to = f"{to};tag={to_tag}"
-    items += [
+        if _abnf.BAD_VALUE_CHARS_RE.search(to_tag):
+            raise ValueError("To tag contains CR, LF or NUL")
+    # The copied values passed the parser's checks already; only `headers` is new.
+    items = [
+        *[("Via", v) for v in vias],
         ("From", req.get("From") or ""),
         ("To", to),
         ("Call-ID", req.get("Call-ID") or ""),
         ("CSeq", req.get("CSeq") or ""),
     ]
-    items.extend(headers)
+    keys = [*["via"] * len(vias), "from", "to", "call-id", "cseq"]
+    if headers:
+        extra = Headers(headers)
+        items += extra._items
+        keys += extra._keys
     return Response(
-        status, reason_phrase(status) if reason is None else reason, Headers(items), body
+        status,
+        reason_phrase(status) if reason is None else reason,
+        Headers._trusted(tuple(items), tuple(keys)),
+        body,
     )

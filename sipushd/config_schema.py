@@ -145,14 +145,22 @@ class ListenSpec(Model):
         return f"{self.transport}:{host}:{self.port}"
 
 
-def _parse_listen(value: Any) -> Any:
-    if not isinstance(value, str):
-        return value
+def _transport_address(
+    value: str, what: str, host_kind: str = "HOST"
+) -> tuple[str, str, int | None]:
+    """`udp|tcp|tls:HOST[:PORT]` split into transport, host and port (None if absent)."""
     transport, sep, rest = value.partition(":")
     transport = transport.lower()
     if not sep or transport not in DEFAULT_PORTS:
-        raise value_error(f"bad listen spec {value!r}: expected udp|tcp|tls:HOST:PORT")
+        raise value_error(f"bad {what} {value!r}: expected udp|tcp|tls:{host_kind}:PORT")
     host, port = _split_host_port(rest)
+    return transport, host, port
+
+
+def _parse_listen(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    transport, host, port = _transport_address(value, "listen spec")
     return {
         "transport": transport,
         "host": host,
@@ -390,11 +398,7 @@ def _parse_advertise(value: Any) -> Any:
     """`udp|tcp|tls:IP:PORT`, an address the other nodes can send to without DNS."""
     if not isinstance(value, str):
         return value
-    transport, sep, rest = value.partition(":")
-    transport = transport.lower()
-    if not sep or transport not in DEFAULT_PORTS:
-        raise value_error(f"bad advertise address {value!r}: expected udp|tcp|tls:IP:PORT")
-    host, port = _split_host_port(rest)
+    transport, host, port = _transport_address(value, "advertise address", "IP")
     try:
         address = ipaddress.ip_address(host)
     except ValueError:

@@ -102,6 +102,8 @@ _FOLD_RE = re.compile(r"[ \t]*\r\n[ \t]+")
 def _content_length(values: list[str]) -> int:
     # RFC 3261 §20.14 / §25: one non-negative decimal value; conflicting
     # duplicates make the framing ambiguous.
+    if len(values) == 1:
+        return parse_uint(values[0], "Content-Length")
     found = {parse_uint(v, "Content-Length") for v in values}
     if len(found) > 1:
         raise SipParseError("conflicting Content-Length headers")

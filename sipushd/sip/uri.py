@@ -237,12 +237,17 @@ def _parse_uri_params(text: str) -> Params:
     # uri-parameters  =  *( ";" uri-parameter)
     # other-param     =  pname [ "=" pvalue ]
     out: list[tuple[str, str | None]] = []
+    unescape = _unescape if "%" in text else _as_is
     for item in text.split(";"):
         name, eq, value = item.partition("=")
         if not name:
             raise SipParseError(f"empty URI parameter in {text!r}")
-        out.append((_unescape(name).lower(), _unescape(value) if eq else None))
+        out.append((unescape(name).lower(), unescape(value) if eq else None))
     return tuple(out)
+
+
+def _as_is(text: str) -> str:
+    return text
 
 
 def _parse_uri_headers(text: str) -> tuple[tuple[str, str], ...]:

@@ -458,7 +458,10 @@ class MockPushService:
         if scopes is None:
             description = "Invalid JWT: expected an RS256 assertion valid for at most 60 minutes"
             return _json(400, {"error": "invalid_grant", "error_description": description})
-        access_token = "ya29.mock-" + secrets.token_urlsafe(24)
+        # Google's access tokens run to a kilobyte or more (up to 2048 bytes documented, padded
+        # with dots since 2021); the client codes this header on every push, so a short
+        # token would flatter it.
+        access_token = "ya29.mock-" + secrets.token_urlsafe(768)
         now = time.time()
         self._grants = {t: g for t, g in self._grants.items() if g.expires > now}
         self._grants[access_token] = _Grant(now + _ACCESS_TOKEN_LIFETIME, scopes)

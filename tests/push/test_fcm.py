@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -55,6 +56,13 @@ async def test_data_message_on_the_wire(
     assert "send_time" in data
 
 
+def service_account(pns: MockPushService, tmp_path: Path) -> dict[str, Any]:
+    """A test service account whose token endpoint is the mock's."""
+    path = write_test_service_account(tmp_path / "sa.json", pns.token_uri, PROJECT)
+    account: dict[str, Any] = json.loads(path.read_text())
+    return account
+
+
 def token_client(pns: MockPushService, sent: list[httpx.Request]) -> httpx.AsyncClient:
     """A client for the mock's token endpoint that lists every request it sends."""
 
@@ -73,9 +81,7 @@ def token_client(pns: MockPushService, sent: list[httpx.Request]) -> httpx.Async
 async def test_access_token_is_cached_and_refreshed_in_the_background(
     pns: MockPushService, tmp_path: Path
 ) -> None:
-    account = json.loads(
-        write_test_service_account(tmp_path / "sa.json", pns.token_uri, PROJECT).read_text()
-    )
+    account = service_account(pns, tmp_path)
     now = [time.time()]
     sent: list[httpx.Request] = []
     async with token_client(pns, sent) as client:
@@ -103,9 +109,7 @@ async def test_access_token_is_cached_and_refreshed_in_the_background(
 async def test_failed_refresh_keeps_the_token_until_it_expires(
     pns: MockPushService, tmp_path: Path
 ) -> None:
-    account = json.loads(
-        write_test_service_account(tmp_path / "sa.json", pns.token_uri, PROJECT).read_text()
-    )
+    account = service_account(pns, tmp_path)
     now = [time.time()]
     sent: list[httpx.Request] = []
     async with token_client(pns, sent) as client:
@@ -136,9 +140,7 @@ async def test_failed_refresh_keeps_the_token_until_it_expires(
 
 @pytest.mark.asyncio
 async def test_rejected_assertion_is_permanent(pns: MockPushService, tmp_path: Path) -> None:
-    account = json.loads(
-        write_test_service_account(tmp_path / "sa.json", pns.token_uri, PROJECT).read_text()
-    )
+    account = service_account(pns, tmp_path)
     async with httpx.AsyncClient(verify=client_context(pns.ca_file), trust_env=False) as client:
         source = AccessTokenSource(account, client, clock=lambda: 1000.0)  # exp long past
         with pytest.raises(PermanentPushError) as info:

@@ -10,6 +10,8 @@ process-wide default registry.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -20,6 +22,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
@@ -44,6 +47,7 @@ __all__ = [
     "TRANSACTIONS",
     "WAKEUPS",
     "WAKEUP_LATENCY",
+    "Tally",
     "bool_label",
     "render",
     "status_class",
@@ -56,6 +60,41 @@ ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Tally:
+    """A labelled counter or gauge kept as plain integers, read by the registry at scrape time.
+
+    For counts taken on every SIP message: `Counter.inc()` takes a lock and walks
+    three calls per update, `tally.counts[label] += 1` is one dictionary update on
+    the event loop thread. Registered as a custom collector (prometheus_client's
+    `collect()` protocol), so the exposition is that of a Counter or Gauge.
+    """
+
+    def __init__(self, name: str, documentation: str, label: str, *, gauge: bool = False) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.label = label
+        self.gauge = gauge
+        self.counts: dict[str, int] = {}
+        REGISTRY.register(self)
+
+    def add(self, value: str, amount: int = 1) -> None:
+        """Add `amount` to the series labelled `value` (negative for a gauge going down)."""
+        counts = self.counts
+        counts[value] = counts.get(value, 0) + amount
+
+    def collect(self) -> Iterator[Metric]:
+        """The prometheus_client collector protocol."""
+        family: Metric
+        if self.gauge:
+            family = GaugeMetricFamily(self.name, self.documentation, labels=[self.label])
+        else:
+            family = CounterMetricFamily(self.name, self.documentation, labels=[self.label])
+        for value, count in sorted(self.counts.items()):
+            family.add_metric([value], count)
+        yield family
+
 
 # Phones wake in about 1-10 s; pushes to APNs/FCM take milliseconds to seconds.
 _WAKEUP_BUCKETS = (0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 90.0)
@@ -71,11 +110,8 @@ BINDINGS = Gauge(
     ["with_push", "provider"],
     registry=REGISTRY,
 )
-REGISTER_RESULTS = Counter(
-    "sipushd_register_results",
-    "Final responses to REGISTER, by status code",
-    ["status"],
-    registry=REGISTRY,
+REGISTER_RESULTS = Tally(
+    "sipushd_register_results", "Final responses to REGISTER, by status code", "status"
 )
 AUTH_FAILURES = Counter(
     "sipushd_auth_failures",
@@ -139,18 +175,14 @@ MESSAGE_DELIVERIES = Counter(
 )
 
 # --- SIP transactions and transports ------------------------------------------------------
-TRANSACTIONS = Counter(
+TRANSACTIONS = Tally(
     "sipushd_transactions",
     "Transactions created (kind: invite_server, invite_client, non_invite_server, "
     "non_invite_client; RFC 3261 §17)",
-    ["kind"],
-    registry=REGISTRY,
+    "kind",
 )
-ACTIVE_TRANSACTIONS = Gauge(
-    "sipushd_transactions_active",
-    "Transactions currently alive, by kind",
-    ["kind"],
-    registry=REGISTRY,
+ACTIVE_TRANSACTIONS = Tally(
+    "sipushd_transactions_active", "Transactions currently alive, by kind", "kind", gauge=True
 )
 CONNECTIONS = Gauge(
     "sipushd_connections",

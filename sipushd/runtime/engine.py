@@ -52,14 +52,17 @@ def _kind(key: TransactionKey) -> str:
 
 
 _KINDS = ("invite_server", "invite_client", "non_invite_server", "non_invite_client")
-_CREATED = {kind: metrics.TRANSACTIONS.labels(kind=kind) for kind in _KINDS}
-_ACTIVE = {kind: metrics.ACTIVE_TRANSACTIONS.labels(kind=kind) for kind in _KINDS}
+_CREATED = metrics.TRANSACTIONS.counts
+_ACTIVE = metrics.ACTIVE_TRANSACTIONS.counts
+for _k in _KINDS:
+    _CREATED.setdefault(_k, 0)
+    _ACTIVE.setdefault(_k, 0)
 
 
 def _created(key: TransactionKey) -> None:
     kind = _kind(key)
-    _CREATED[kind].inc()
-    _ACTIVE[kind].inc()
+    _CREATED[kind] += 1
+    _ACTIVE[kind] += 1
 
 
 class Sender(Protocol):
@@ -214,7 +217,7 @@ class Engine:
                     if (listener := self._listeners.get(key)) is not None:
                         listener.on_transport_error(key)
                 case TransactionTerminated(key=key):
-                    _ACTIVE[_kind(key)].dec()
+                    _ACTIVE[_kind(key)] -= 1
                     self._listeners.pop(key, None)
         for key in failed:
             self._step(TransportFailed(key))

@@ -13,7 +13,6 @@ import logging
 from collections.abc import Callable, Collection
 
 import structlog
-from prometheus_client import Counter
 
 from sipushd import metrics
 from sipushd.core.binding import Binding
@@ -27,14 +26,12 @@ from sipushd.store.base import BindingStore, StoreError
 log = structlog.get_logger("sipushd.registrar")
 # The stdlib logger behind `log`: a filtered debug call still costs a structlog bind.
 _stdlib_log = logging.getLogger("sipushd.registrar")
-_RESULTS: dict[int, Counter] = {}
+_RESULTS = metrics.REGISTER_RESULTS.counts
 
 
 def _count_result(status: int) -> None:
-    counter = _RESULTS.get(status)
-    if counter is None:
-        counter = _RESULTS[status] = metrics.REGISTER_RESULTS.labels(status=str(status))
-    counter.inc()
+    label = str(status)
+    _RESULTS[label] = _RESULTS.get(label, 0) + 1
 
 
 BindingListener = Callable[[Binding], None]

@@ -9,7 +9,6 @@ a timer whose value is 0 (D, I, J, K on a reliable transport) fires at once.
 
 from __future__ import annotations
 
-import enum
 import heapq
 import itertools
 from collections.abc import Callable, Mapping
@@ -21,6 +20,7 @@ from sipushd.sip._txn_types import (
     DeliverResponse,
     InviteClientState,
     InviteServerState,
+    KeyEnum,
     NonInviteClientState,
     NonInviteServerState,
     Timer,
@@ -38,7 +38,7 @@ from sipushd.sip.headers import Headers
 from sipushd.sip.message import Request, Response, make_response
 
 
-class Event(enum.Enum):
+class Event(KeyEnum):
     """Non-timer triggers of the machines."""
 
     RECV_1XX = "receive 1xx"
@@ -52,7 +52,7 @@ class Event(enum.Enum):
     TRANSPORT_ERROR = "transport error"
 
 
-class Do(enum.Enum):
+class Do(KeyEnum):
     """Effects a transition performs, in order, before it changes state."""
 
     DELIVER_RESPONSE = "pass the response to the TU"
@@ -69,6 +69,7 @@ Trigger = Event | Timer
 Step = tuple[TransactionState | None, tuple[Do, ...]]
 Table = Mapping[tuple[TransactionState, Trigger], Step]
 ABSORB: tuple[Do, ...] = ()
+_NONE_KEPT: frozenset[Timer] = frozenset()
 
 
 def response_event(status: int, *, from_tu: bool) -> Event:
@@ -225,8 +226,9 @@ class Transaction:
 
     def _enter(self, state: TransactionState, now: float) -> list[Action]:
         self.state = state
-        keep = self.KEEP.get(state, frozenset())
-        self.timers = {t: v for t, v in self.timers.items() if t in keep}
+        if self.timers:
+            keep = self.KEEP.get(state, _NONE_KEPT)
+            self.timers = {t: v for t, v in self.timers.items() if t in keep}
         if state is self.TERMINATED:
             return [TransactionTerminated(self.key)]
         for timer in self.ENTRY.get(state, ()):

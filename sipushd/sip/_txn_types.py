@@ -21,7 +21,17 @@ class TransactionError(Exception):
     """The TU asked for something the transaction state machine forbids."""
 
 
-class Role(enum.Enum):
+class KeyEnum(enum.Enum):
+    """An enum hashed by identity: its members key the state tables and timers.
+
+    Members are singletons and compare by identity, so the identity hash agrees with
+    equality; Enum's own `__hash__` is a Python-level call on every table lookup.
+    """
+
+    __hash__ = object.__hash__
+
+
+class Role(KeyEnum):
     """Which side of the transaction this element is on."""
 
     CLIENT = "client"
@@ -49,7 +59,7 @@ class TransactionKey:
         return f"{self.role.value}:{self.method}:{self.branch}{where}"
 
 
-class InviteClientState(enum.Enum):
+class InviteClientState(KeyEnum):
     """RFC 3261 §17.1.1.2 (figure 5) with RFC 6026 §7.2 Accepted."""
 
     CALLING = "Calling"
@@ -59,7 +69,7 @@ class InviteClientState(enum.Enum):
     TERMINATED = "Terminated"
 
 
-class NonInviteClientState(enum.Enum):
+class NonInviteClientState(KeyEnum):
     """RFC 3261 §17.1.2.2 (figure 6)."""
 
     TRYING = "Trying"
@@ -68,7 +78,7 @@ class NonInviteClientState(enum.Enum):
     TERMINATED = "Terminated"
 
 
-class InviteServerState(enum.Enum):
+class InviteServerState(KeyEnum):
     """RFC 3261 §17.2.1 (figure 7) with RFC 6026 §7.1 Accepted."""
 
     PROCEEDING = "Proceeding"
@@ -78,7 +88,7 @@ class InviteServerState(enum.Enum):
     TERMINATED = "Terminated"
 
 
-class NonInviteServerState(enum.Enum):
+class NonInviteServerState(KeyEnum):
     """RFC 3261 §17.2.2 (figure 8)."""
 
     TRYING = "Trying"
@@ -92,7 +102,7 @@ TransactionState = (
 )
 
 
-class Timer(enum.Enum):
+class Timer(KeyEnum):
     """RFC 3261 §17 timers (table 4) plus RFC 6026 timers L and M."""
 
     A = "A"  # INVITE request retransmit (unreliable only)

@@ -7,13 +7,16 @@ and refreshed in the background five minutes before it expires. Messages go to
 ``{endpoint}/v1/projects/{project}/messages:send``.
 
 A push is the hot path: its URL is parsed once per project, its headers are
-a list built once per access token, and it goes straight to the client's
-HTTP/2 transport (one ``handle_async_request``), skipping what
-``AsyncClient.post`` redoes for every request and FCM never uses (URL
-merging, default headers, cookie extraction, auth and redirect handling).
-The transport is httpx's, with its connections on the event loop's own
-transports and writes corked (``netbackend``): concurrent pushes share TLS
-records and system calls on one HTTP/2 connection.
+a list built once per access token, and it goes straight to an httpx
+transport (one ``handle_async_request``), skipping what ``AsyncClient.post``
+redoes for every request and FCM never uses (URL merging, default headers,
+cookie extraction, auth and redirect handling). That transport is
+``h2transport.H2Transport``: HTTP/2 with ``h2`` on the event loop's own TLS
+transport, writes corked so that concurrent pushes share TLS records and
+system calls on one connection, and the HPACK Huffman coding of the ~1 KB
+access token done once per token, not once per push (``hpack_cache``).
+The token endpoint, which may answer HTTP/1.1 only, is reached with an
+``httpx.AsyncClient`` on httpx's own transport (``netbackend``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from sipushd.push.base import (
     TemporaryPushError,
     parse_retry_after,
 )
+from sipushd.push.h2transport import H2Transport
 from sipushd.push.netbackend import AsyncioHTTPTransport
 from sipushd.push.settings import FCM_SCOPE, FcmAppSettings, fcm_endpoint_url
 from sipushd.push.tls import client_context
@@ -173,7 +177,7 @@ class AccessTokenSource:
 
 
 class _App:
-    """One Firebase project: its HTTP/2 transport, access tokens and pre-built request parts."""
+    """One Firebase project: its transports, access tokens and pre-built request parts."""
 
     def __init__(self, settings: FcmAppSettings, clock: Callable[[], float]) -> None:
         account = json.loads(Path(settings.service_account_file).read_text())
@@ -181,10 +185,11 @@ class _App:
         self.url = httpx.URL(
             f"{fcm_endpoint_url(settings.endpoint)}/v1/projects/{settings.project_id}/messages:send"
         )
-        # httpcore sets ALPN (h2, http/1.1) on the context itself.
+        # Pushes: HTTP/2 only (FCM HTTP v1 speaks it), on a context of their own offering "h2".
+        self.push_transport = H2Transport(client_context(settings.ca_file, alpn=("h2",)))
+        # The token endpoint: any HTTP version. httpcore sets ALPN on this context itself.
         context = client_context(settings.ca_file, alpn=())
         self.transport = AsyncioHTTPTransport(context, http2=True)
-        # The client is for the token endpoint; it shares the transport's connections.
         self.client = httpx.AsyncClient(transport=self.transport, trust_env=False, timeout=TIMEOUT)
         self.tokens = AccessTokenSource(account, self.client, clock)
         self.extensions = {"timeout": TIMEOUT.as_dict()}
@@ -215,6 +220,7 @@ class FcmProvider(PushProvider):
         """Cancel token fetches and close the HTTP clients."""
         for app in self._apps.values():
             await app.tokens.stop()
+            await app.push_transport.aclose()
             await app.client.aclose()
 
     async def send(self, request: PushRequest) -> PushResult:
@@ -241,7 +247,7 @@ class FcmProvider(PushProvider):
             extensions=app.extensions,
         )
         try:
-            response = await app.transport.handle_async_request(request)
+            response = await app.push_transport.handle_async_request(request)
             try:
                 await response.aread()
             except BaseException:

@@ -35,7 +35,13 @@ import uvloop
 
 from sipushd.app import tune_gc
 from sipushd.testing import pns_protocol as proto
-from sipushd.testing.h2server import H2Server, Request, Response, server_ssl_context
+from sipushd.testing.h2server import (
+    H2Server,
+    Request,
+    Response,
+    memoize_huffman_decoding,
+    server_ssl_context,
+)
 from sipushd.testing.pki import (
     ensure_server_credentials,
     write_test_apns_key,
@@ -621,6 +627,7 @@ def run(args: argparse.Namespace) -> int:
     # The daemon's loop and GC settings: a slow or paused mock would show up as push
     # latency in the tests and benchmarks that measure sipushd through it.
     tune_gc()
+    memoize_huffman_decoding()  # FCM access tokens: see there
     try:
         return uvloop.run(_serve(service))
     finally:

@@ -9,14 +9,17 @@ every binding added or refreshed, after it is stored and before the 2xx leaves.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections import deque
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 
 import structlog
 
 from sipushd import metrics
 from sipushd.core.binding import Binding
-from sipushd.core.registrar import Registrar
+from sipushd.core.registrar import RegisterDecision, Registrar
 from sipushd.runtime.authgate import AuthGate
 from sipushd.runtime.server import ServerCore, new_tag
 from sipushd.sip import Endpoint, Request, SipParseError
@@ -59,16 +62,20 @@ class RegistrarService:
         self.auth = auth
         self.clock = clock
         self.on_registered: list[BindingListener] = []
-        self._locks: dict[str, asyncio.Lock] = {}
+        # AOR -> REGISTERs waiting for the one in progress (read, decide, write) to finish.
+        self._queued: dict[str, deque[_Pending]] = {}
+        self._in_progress = 0
+        self._idle: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     def handle(self, request: Request, source: Endpoint, key: TransactionKey) -> None:
-        """ServerCore handler for REGISTER."""
-        task = asyncio.create_task(self._register(request, source, key))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        """ServerCore handler for REGISTER.
 
-    async def _register(self, request: Request, source: Endpoint, key: TransactionKey) -> None:
+        With a store that reads from memory, a REGISTER is decided at once and answered
+        from the commit's done-callback: no task, no lock. REGISTERs of one AOR still run
+        one at a time, in arrival order, so two devices registering together cannot lose
+        each other's binding.
+        """
         try:
             aor = request.to.uri.aor
         except SipParseError:
@@ -82,15 +89,14 @@ class RegistrarService:
             return
         if self.auth is not None and not self._authorised(request, source, key):
             return
-        lock = self._locks.get(aor)
-        if lock is None:
-            lock = self._locks[aor] = asyncio.Lock()
-        try:
-            async with lock:
-                await self._decide_and_store(aor, request, source, key)
-        finally:
-            if not lock.locked() and self._locks.get(aor) is lock:
-                del self._locks[aor]
+        pending = _Pending(aor, request, source, key)
+        queue = self._queued.get(aor)
+        if queue is not None:
+            queue.append(pending)
+            return
+        self._queued[aor] = deque()
+        self._in_progress += 1
+        self._start(pending)
 
     def _authorised(self, request: Request, source: Endpoint, key: TransactionKey) -> bool:
         assert self.auth is not None
@@ -105,45 +111,109 @@ class RegistrarService:
             return False
         return True
 
-    async def _decide_and_store(
-        self, aor: str, request: Request, source: Endpoint, key: TransactionKey
-    ) -> None:
+    def _start(self, pending: _Pending) -> None:
+        """Read the AOR's bindings (from memory when the store can), then decide."""
         now = self.clock()
         try:
-            current = await self.store.get(aor, now)
-            decision = self.registrar.decide(
-                request,
-                source,
-                current,
-                now,
-                domains=self.domains,
-                supported_providers=self.supported_providers,
-            )
-            if decision.ok and (decision.upserts or decision.removals):
-                await self.store.apply(aor, decision.upserts, decision.removal_keys)
+            current = self.store.peek(pending.aor, now)
+            if current is None:
+                task = asyncio.get_running_loop().create_task(self._read(pending, now))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                return
+            self._decide(pending, current, now)
         except StoreError as exc:
-            # §10.3 step 7: the update failed, so the REGISTER fails with 500.
-            log.error("binding store failed", aor=aor, error=str(exc))
-            self._reply(key, request, 500, "Binding Store Unavailable")
+            self._store_failed(pending, exc)
+        except Exception:
+            self._crashed(pending)
+
+    async def _read(self, pending: _Pending, now: float) -> None:
+        try:
+            current = await self.store.get(pending.aor, now)
+            self._decide(pending, current, now)
+        except StoreError as exc:
+            self._store_failed(pending, exc)
+        except Exception:
+            self._crashed(pending)
+
+    def _decide(self, pending: _Pending, current: list[Binding], now: float) -> None:
+        request = pending.request
+        decision = self.registrar.decide(
+            request,
+            pending.source,
+            current,
+            now,
+            domains=self.domains,
+            supported_providers=self.supported_providers,
+        )
+        if not (decision.ok and (decision.upserts or decision.removals)):
+            self._answer(pending, decision)
             return
-        for binding in decision.registered:
-            for listener in self.on_registered:
-                try:
-                    listener(binding)
-                except Exception:
-                    log.exception("binding listener failed", aor=aor)
+        commit = self.store.apply_soon(pending.aor, decision.upserts, decision.removal_keys)
+        commit.add_done_callback(functools.partial(self._committed, pending, decision))
+
+    def _committed(
+        self, pending: _Pending, decision: RegisterDecision, commit: asyncio.Future[None]
+    ) -> None:
+        exc = commit.exception() if not commit.cancelled() else StoreError("commit cancelled")
+        if exc is not None:
+            self._store_failed(pending, exc)
+            return
+        try:
+            for binding in decision.registered:
+                for listener in self.on_registered:
+                    try:
+                        listener(binding)
+                    except Exception:
+                        log.exception("binding listener failed", aor=pending.aor)
+            self._answer(pending, decision)
+        except Exception:
+            self._crashed(pending)
+
+    def _answer(self, pending: _Pending, decision: RegisterDecision) -> None:
+        request, source = pending.request, pending.source
         response = decision.response(request, to_tag=new_tag())
         _count_result(decision.status)
         if decision.ok and _stdlib_log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "registered",
-                aor=aor,
+                aor=pending.aor,
                 bindings=len(decision.bindings),
                 peer=f"{source.transport}:{source.host}:{source.port}",
             )
         elif not decision.ok:
-            log.info("register refused", aor=aor, status=decision.status, reason=decision.reason)
-        self.server.engine.respond(key, response)
+            log.info(
+                "register refused",
+                aor=pending.aor,
+                status=decision.status,
+                reason=decision.reason,
+            )
+        self.server.engine.respond(pending.key, response)
+        self._next(pending.aor)
+
+    def _store_failed(self, pending: _Pending, exc: BaseException) -> None:
+        # §10.3 step 7: the update failed, so the REGISTER fails with 500.
+        log.error("binding store failed", aor=pending.aor, error=str(exc))
+        self._reply(pending.key, pending.request, 500, "Binding Store Unavailable")
+        self._next(pending.aor)
+
+    def _crashed(self, pending: _Pending) -> None:
+        log.exception("REGISTER failed", aor=pending.aor)
+        self._reply(pending.key, pending.request, 500, "Server Internal Error")
+        self._next(pending.aor)
+
+    def _next(self, aor: str) -> None:
+        """The AOR's REGISTER is done: start the next one queued for it (on a fresh stack)."""
+        queue = self._queued.get(aor)
+        if queue is None:
+            return
+        if queue:
+            asyncio.get_running_loop().call_soon(self._start, queue.popleft())
+            return
+        del self._queued[aor]
+        self._in_progress -= 1
+        if self._in_progress == 0 and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
 
     def _reply(
         self,
@@ -158,5 +228,18 @@ class RegistrarService:
 
     async def close(self) -> None:
         """Wait for REGISTERs in progress."""
+        if self._in_progress:
+            self._idle = asyncio.get_running_loop().create_future()
+            await self._idle
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A REGISTER that passed the checks and waits for its AOR's turn."""
+
+    aor: str
+    request: Request
+    source: Endpoint
+    key: TransactionKey

@@ -17,6 +17,7 @@ service. Rules shared by all backends (the contract tests check them):
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -40,6 +41,20 @@ class BindingStore(ABC):
     @abstractmethod
     async def apply(self, aor: str, upserts: Sequence[Binding], removals: Sequence[str]) -> None:
         """Atomically upsert `upserts` and remove the bindings keyed `removals` of one AOR."""
+
+    def peek(self, aor: str, now: float) -> list[Binding] | None:
+        """`get()` answered at once when the store reads from memory, else None.
+
+        Lets the registrar handle a REGISTER without a task of its own when the store
+        need not be waited for; a None means "call `get()`".
+        """
+        return None
+
+    def apply_soon(
+        self, aor: str, upserts: Sequence[Binding], removals: Sequence[str]
+    ) -> asyncio.Future[None]:
+        """`apply()` as a future, for a caller that goes on in a done-callback."""
+        return asyncio.ensure_future(self.apply(aor, upserts, removals))
 
     @abstractmethod
     async def by_instance(self, aor: str, instance: str, now: float) -> Binding | None:

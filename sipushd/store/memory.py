@@ -9,6 +9,7 @@ file as a write-through mirror.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 
 from sipushd.core.binding import Binding, drop_dead_token
@@ -109,11 +110,31 @@ class MemoryBindingStore(BindingStore):
         self._check_open()
         return self._index.get(aor, now)
 
+    def peek(self, aor: str, now: float) -> list[Binding]:
+        """`get()` without waiting: every read is served from memory."""
+        self._check_open()
+        return self._index.get(aor, now)
+
     async def apply(self, aor: str, upserts: Sequence[Binding], removals: Sequence[str]) -> None:
         """Atomically upsert and remove bindings of one AOR."""
         self._check_open()
         self._index.check(aor, upserts)
         self._index.apply(aor, upserts, removals)
+
+    def apply_soon(
+        self, aor: str, upserts: Sequence[Binding], removals: Sequence[str]
+    ) -> asyncio.Future[None]:
+        """`apply()` done at once, its outcome in a finished future."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        try:
+            self._check_open()
+            self._index.check(aor, upserts)
+            self._index.apply(aor, upserts, removals)
+        except StoreError as exc:
+            done.set_exception(exc)
+        else:
+            done.set_result(None)
+        return done
 
     async def by_instance(self, aor: str, instance: str, now: float) -> Binding | None:
         """The live binding of `aor` with `+sip.instance` = `instance`."""

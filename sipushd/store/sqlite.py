@@ -128,11 +128,17 @@ class SqliteBindingStore(MemoryBindingStore):
 
     async def apply(self, aor: str, upserts: Sequence[Binding], removals: Sequence[str]) -> None:
         """Atomically upsert and remove bindings of one AOR; returns once committed."""
+        await self.apply_soon(aor, upserts, removals)
+
+    def apply_soon(
+        self, aor: str, upserts: Sequence[Binding], removals: Sequence[str]
+    ) -> asyncio.Future[None]:
+        """Queue the change for the writer; the future is done once it is committed."""
         self._check_open()
         self._index.check(aor, upserts)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._enqueue(_Apply(aor, tuple(upserts), tuple(removals), done))
-        await done
+        return done
 
     async def remove_token(self, token: str) -> list[Binding]:
         """Drop a dead push token everywhere; return the updated bindings."""

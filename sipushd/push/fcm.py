@@ -7,11 +7,11 @@ and refreshed in the background five minutes before it expires. Messages go to
 ``{endpoint}/v1/projects/{project}/messages:send``.
 
 A push is the hot path: its URL is parsed once per project, its headers are
-a list built once per access token, and it goes straight to an httpx
-transport (one ``handle_async_request``), skipping what ``AsyncClient.post``
-redoes for every request and FCM never uses (URL merging, default headers,
-cookie extraction, auth and redirect handling). That transport is
-``h2transport.H2Transport``: HTTP/2 with ``h2`` on the event loop's own TLS
+a list built once per access token, and it goes straight to the transport
+(``H2Transport.post``: no ``httpx.Request`` or ``httpx.Response`` built),
+skipping what ``AsyncClient.post`` redoes for every request and FCM never uses
+(URL merging, default headers, cookie extraction, auth and redirect handling).
+That transport is ``h2transport.H2Transport``: HTTP/2 with ``h2`` on the event loop's own TLS
 transport, writes corked so that concurrent pushes share TLS records and
 system calls on one connection, and the HPACK Huffman coding of the ~1 KB
 access token done once per token, not once per push (``hpack_cache``).
@@ -32,6 +32,7 @@ import httpx
 import structlog
 from google.auth import crypt as google_crypt
 from google.auth import jwt as google_jwt
+from hpack import NeverIndexedHeaderTuple
 
 from sipushd import __version__
 from sipushd.core.payload import FcmPush, PayloadError, PushRequest, build_fcm
@@ -43,7 +44,7 @@ from sipushd.push.base import (
     TemporaryPushError,
     parse_retry_after,
 )
-from sipushd.push.h2transport import H2Transport
+from sipushd.push.h2transport import H2Answer, H2Transport
 from sipushd.push.netbackend import AsyncioHTTPTransport
 from sipushd.push.settings import FCM_SCOPE, FcmAppSettings, fcm_endpoint_url
 from sipushd.push.tls import client_context
@@ -58,6 +59,8 @@ REFRESH_RETRY = 10.0  # after a failed background refresh
 DEAD_TOKEN_CODES = {"UNREGISTERED", "NOT_FOUND"}
 TIMEOUT = httpx.Timeout(10.0)
 log = structlog.get_logger("sipushd.push")
+# json.dumps with these options builds an encoder per call: one, made once.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 _STATIC_HEADERS = [
     (b"content-type", b"application/json"),
     (b"user-agent", f"sipushd/{__version__}".encode()),
@@ -192,14 +195,17 @@ class _App:
         self.transport = AsyncioHTTPTransport(context, http2=True)
         self.client = httpx.AsyncClient(transport=self.transport, trust_env=False, timeout=TIMEOUT)
         self.tokens = AccessTokenSource(account, self.client, clock)
-        self.extensions = {"timeout": TIMEOUT.as_dict()}
+        self.timeouts = TIMEOUT.as_dict()
         self._headers_token = ""
         self._headers: list[tuple[bytes, bytes]] = []
 
     def headers(self, access_token: str) -> list[tuple[bytes, bytes]]:
         """The request headers for ``access_token``, rebuilt only when the token changes."""
         if access_token != self._headers_token:
-            authorization = (b"authorization", f"Bearer {access_token}".encode())
+            # Never indexed (RFC 7541 §7.1.3), as h2 sends authorization by default.
+            authorization = NeverIndexedHeaderTuple(
+                b"authorization", f"Bearer {access_token}".encode()
+            )
             self._headers = [authorization, *_STATIC_HEADERS]
             self._headers_token = access_token
         return self._headers
@@ -232,39 +238,27 @@ class FcmProvider(PushProvider):
             push = build_fcm(request, self._clock(), app.settings.template)
         except PayloadError as exc:
             raise PermanentPushError("invalid_request", None, str(exc)) from exc
-        response = await self._post(app, request.token, push)
-        return self._classify(app, response)
+        answer = await self._post(app, request.token, push)
+        return self._classify(app, answer)
 
-    async def _post(self, app: _App, token: str, push: FcmPush) -> httpx.Response:
+    async def _post(self, app: _App, token: str, push: FcmPush) -> H2Answer:
         """The network call: POST messages:send with a Bearer access token."""
         access_token = await app.tokens.token()
-        body = json.dumps(push.message(token), ensure_ascii=False, separators=(",", ":"))
-        request = httpx.Request(
-            "POST",
-            app.url,
-            headers=app.headers(access_token),
-            content=body.encode(),
-            extensions=app.extensions,
-        )
+        body = _ENCODER.encode(push.message(token)).encode()
+        headers = app.headers(access_token)
         try:
-            response = await app.push_transport.handle_async_request(request)
-            try:
-                await response.aread()
-            except BaseException:
-                await response.aclose()
-                raise
+            return await app.push_transport.post(app.url, headers, body, app.timeouts)
         except httpx.TransportError as exc:
             raise TemporaryPushError("connection", None, None, _text(exc)) from exc
-        return response
 
-    def _classify(self, app: _App, response: httpx.Response) -> PushResult:
-        status = response.status_code
-        body = _json(response)
+    def _classify(self, app: _App, answer: H2Answer) -> PushResult:
+        status = answer.status
+        body = _json_body(answer.body)
         if status == 200:
             name = body.get("name")
             return PushResult(PushOutcome.DELIVERED, self.name, status, push_id=str(name or ""))
         code, message, fields = _error_details(body)
-        reason = code or response.reason_phrase
+        reason = code or httpx.codes.get_reason_phrase(status)
         if status == 404 and code in DEAD_TOKEN_CODES:
             return PushResult(PushOutcome.DEAD_TOKEN, self.name, status, reason)
         if status == 400 and code == "INVALID_ARGUMENT" and _about_token(message, fields):
@@ -273,14 +267,19 @@ class FcmProvider(PushProvider):
             app.tokens.invalidate()
             raise TemporaryPushError(reason, status)
         if status == 429 or status >= 500:
-            retry = parse_retry_after(response.headers.get("retry-after"))
+            retry = parse_retry_after(answer.header(b"retry-after"))
             raise TemporaryPushError(reason, status, retry)
         raise PermanentPushError(reason, status, message)
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:
+    return _json_body(response.content)
+
+
+def _json_body(content: bytes) -> dict[str, Any]:
+    """The JSON object in ``content``; {} for anything else (as ``httpx.Response.json``)."""
     try:
-        body = response.json()
+        body = json.loads(content)
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}

@@ -105,6 +105,35 @@ async def test_pushes_share_one_connection_few_sends_and_one_token_encoding(
 
 
 @pytest.mark.asyncio
+async def test_post_without_httpx_objects_and_h2_keeps_no_ended_stream(
+    fcm: FcmProvider, pns: MockPushService
+) -> None:
+    transport, access_token, url = await fcm_parts(fcm, pns)
+    headers = [(b"authorization", f"Bearer {access_token}".encode())]
+    answers = await asyncio.gather(
+        *(
+            transport.post(
+                httpx.URL(url),
+                headers,
+                json.dumps(message(f"fcm-token-{i}")).encode(),
+                httpx.Timeout(10.0).as_dict(),
+            )
+            for i in range(30)
+        )
+    )
+    assert [answer.status for answer in answers] == [200] * 30
+    assert all(json.loads(a.body)["name"].startswith(f"projects/{PROJECT}/") for a in answers)
+    assert answers[0].header(b"content-type") == "application/json"
+    assert answers[0].header(b"retry-after") is None
+    assert sorted(push.token for push in pns.pushes) == sorted(f"fcm-token-{i}" for i in range(30))
+    # Every ended stream left h2's table at once: its count of open streams stays exact.
+    conn = connection(transport, pns)
+    assert not conn.streams
+    assert not conn.h2.streams
+    assert conn.h2.open_outbound_streams == 0
+
+
+@pytest.mark.asyncio
 async def test_httpx_client_api_on_the_transport(pns: MockPushService) -> None:
     transport = H2Transport(client_context(pns.ca_file))
     async with httpx.AsyncClient(transport=transport) as client:

@@ -16,7 +16,9 @@ and ``on_dead_token`` every dead token (for the registrar to drop it).
 from __future__ import annotations
 
 import asyncio
+import heapq
 import inspect
+import logging
 import random
 import time
 from collections import Counter
@@ -38,6 +40,8 @@ from sipushd.push.base import (
 from sipushd.push.settings import DispatcherSettings
 
 log = structlog.get_logger("sipushd.push")
+# The stdlib logger behind `log`: a filtered debug call still costs a structlog bind.
+_stdlib_log = logging.getLogger("sipushd.push")
 
 DeadTokenHook = Callable[[PushRequest, PushResult], Awaitable[None] | None]
 ResultHook = Callable[[PushRequest, PushResult], None]
@@ -64,12 +68,6 @@ class _OutOfTime(Exception):
     """The deadline passed while the push waited for a concurrency slot."""
 
 
-@dataclass
-class _Recent:
-    future: asyncio.Future[PushResult]
-    expiry: asyncio.TimerHandle | None = None
-
-
 class Dispatcher:
     """Sends PushRequests through the provider named by ``request.provider``."""
 
@@ -92,7 +90,10 @@ class Dispatcher:
         self._running = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._hooks: set[asyncio.Future[None]] = set()
-        self._recent: dict[_DedupKey, _Recent] = {}
+        # Pushes sent lately, kept until their deadline: (future, deadline) by key, and a
+        # heap of (deadline, key) that submit() prunes (a timer per push cost more).
+        self._recent: dict[_DedupKey, tuple[asyncio.Future[PushResult], float]] = {}
+        self._expiries: list[tuple[float, _DedupKey]] = []
 
     async def start(self) -> None:
         """Start every provider; pushes are accepted from now on."""
@@ -110,10 +111,8 @@ class Dispatcher:
             await asyncio.gather(*pending, return_exceptions=True)
         if self._hooks:
             await asyncio.wait(set(self._hooks), timeout=grace)
-        for entry in self._recent.values():
-            if entry.expiry is not None:
-                entry.expiry.cancel()
         self._recent.clear()
+        self._expiries.clear()
         for provider in self._unique_providers():
             await provider.stop()
 
@@ -121,9 +120,11 @@ class Dispatcher:
         """Queue one push; the future resolves to its result (await it under asyncio.shield)."""
         loop = asyncio.get_running_loop()
         key = self._dedup_key(request)
-        if key is not None and key in self._recent:
-            self.stats.deduplicated += 1
-            return self._recent[key].future
+        if key is not None:
+            recent = self._recent_future(key)
+            if recent is not None:
+                self.stats.deduplicated += 1
+                return recent
         self.stats.submitted += 1
         future: asyncio.Future[PushResult] = loop.create_future()
         provider = self._providers.get(request.provider)
@@ -168,17 +169,25 @@ class Dispatcher:
             request.sequence,
         )
 
+    def _recent_future(self, key: _DedupKey) -> asyncio.Future[PushResult] | None:
+        """The future of the same push sent before its deadline, if any; forgets expired ones."""
+        expiries = self._expiries
+        if not expiries:
+            return None
+        now = self._clock()
+        while expiries and expiries[0][0] <= now:
+            _, old = heapq.heappop(expiries)
+            entry = self._recent.get(old)
+            if entry is not None and entry[1] <= now:
+                del self._recent[old]
+        entry = self._recent.get(key)
+        return entry[0] if entry is not None else None
+
     def _remember(
         self, key: _DedupKey, future: asyncio.Future[PushResult], deadline: float
     ) -> None:
-        entry = _Recent(future)
-        self._recent[key] = entry
-        delay = max(0.0, deadline - self._clock())
-        entry.expiry = asyncio.get_running_loop().call_later(delay, self._forget, key, entry)
-
-    def _forget(self, key: _DedupKey, entry: _Recent) -> None:
-        if self._recent.get(key) is entry:
-            del self._recent[key]
+        self._recent[key] = (future, deadline)
+        heapq.heappush(self._expiries, (deadline, key))
 
     async def _run(
         self,
@@ -189,40 +198,44 @@ class Dispatcher:
     ) -> None:
         loop = asyncio.get_running_loop()
         result = self._failed(request, "internal_error")
+        attempts = 0
         try:
-            result = await self._attempts(request, provider)
+            result, attempts = await self._attempts(request, provider)
         except asyncio.CancelledError:
             result = self._failed(request, "shutdown")
             raise
         finally:
             self.stats.in_flight -= 1
-            self._finish(request, replace(result, latency=loop.time() - started), future)
+            latency = loop.time() - started
+            self._finish(request, replace(result, attempts=attempts, latency=latency), future)
 
-    async def _attempts(self, request: PushRequest, provider: PushProvider) -> PushResult:
-        """Try until delivered, dead, permanently refused, or out of time."""
+    async def _attempts(
+        self, request: PushRequest, provider: PushProvider
+    ) -> tuple[PushResult, int]:
+        """Try until delivered, dead, permanently refused, or out of time; (result, attempts)."""
         last: TemporaryPushError | None = None
         attempt = 0
         while True:
             if request.deadline <= self._clock():
-                return self._failed(request, "deadline", attempt, last)
+                return self._failed(request, "deadline", attempt, last), attempt
             attempt += 1
             try:
-                result = await self._attempt(request, provider)
-                return replace(result, attempts=attempt)
+                return await self._attempt(request, provider), attempt
             except _OutOfTime:
-                return self._failed(request, "deadline", attempt - 1, last)
+                return self._failed(request, "deadline", attempt - 1, last), attempt - 1
             except TimeoutError:
                 last = TemporaryPushError("timeout")
             except TemporaryPushError as exc:
                 last = exc
             except PermanentPushError as exc:
-                return self._failed(request, exc.reason, attempt, exc)
+                return self._failed(request, exc.reason, attempt, exc), attempt
             except Exception as exc:  # a provider bug must not kill the dispatcher
                 log.exception("push provider error", provider=request.provider)
-                return self._failed(request, "internal_error", attempt, PushError(repr(exc)))
+                error = PushError(repr(exc))
+                return self._failed(request, "internal_error", attempt, error), attempt
             delay = self._backoff(attempt, last.retry_after)
             if self._clock() + delay >= request.deadline:
-                return self._failed(request, "deadline", attempt, last)
+                return self._failed(request, "deadline", attempt, last), attempt
             self.stats.retries += 1
             await asyncio.sleep(delay)
 
@@ -311,6 +324,9 @@ class Dispatcher:
             log.error("dead-token hook failed", error=repr(task.exception()))
 
     def _log(self, request: PushRequest, result: PushResult) -> None:
+        delivered = result.outcome is PushOutcome.DELIVERED
+        if delivered and not _stdlib_log.isEnabledFor(logging.DEBUG):
+            return
         fields = {
             "provider": request.provider,
             "kind": request.kind.value,
@@ -322,7 +338,7 @@ class Dispatcher:
             "attempts": result.attempts,
             "latency_ms": round(result.latency * 1000, 1),
         }
-        if result.outcome is PushOutcome.DELIVERED:
+        if delivered:
             log.debug("push delivered", push_id=result.push_id, **fields)
         elif result.outcome is PushOutcome.DEAD_TOKEN:
             log.info("push token dead", **fields)

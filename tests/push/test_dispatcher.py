@@ -283,6 +283,28 @@ async def test_duplicates_share_one_push(make: Callable[..., Dispatcher]) -> Non
 
 
 @pytest.mark.asyncio
+async def test_a_push_is_deduplicated_until_its_deadline_then_forgotten(
+    make: Callable[..., Dispatcher],
+) -> None:
+    now = [time.time()]
+    provider = FakeProvider()
+    dispatcher = make(provider, clock=lambda: now[0])
+    await dispatcher.start()
+    first = push(ttl=30.0)
+    await dispatcher.push(first)
+    now[0] = first.deadline - 0.001  # still within the first one's deadline
+    await dispatcher.push(push(deadline=now[0] + 60))
+    assert len(provider.calls) == 1 and dispatcher.stats.deduplicated == 1
+    now[0] = first.deadline  # from its deadline on, the same push is a new one
+    again = push(deadline=now[0] + 60)
+    assert (await dispatcher.push(again)).delivered
+    assert len(provider.calls) == 2
+    # The expired entry was dropped; the new one is remembered until its own deadline.
+    assert dispatcher.submit(again).done() and dispatcher.stats.deduplicated == 2
+    assert len(dispatcher._recent) == 1 and len(dispatcher._expiries) == 1
+
+
+@pytest.mark.asyncio
 async def test_a_repeat_with_the_next_sequence_is_sent_and_deduplicated_itself(
     make: Callable[..., Dispatcher],
 ) -> None:

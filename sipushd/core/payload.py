@@ -211,14 +211,30 @@ class FcmPush:
         return {"message": {"token": token, "data": dict(self.data), "android": android}}
 
 
+# json.dumps with a non-default option builds an encoder per call: one, made once.
+_JSON_ENCODER = json.JSONEncoder(ensure_ascii=False)
+
+
 def encode_json(payload: Mapping[str, Any]) -> bytes:
     """Encode like aioapns does (default separators, UTF-8): the bytes APNs measures."""
-    return json.dumps(payload, ensure_ascii=False).encode()
+    return _JSON_ENCODER.encode(payload).encode()
+
+
+# The last second formatted, and its text: pushes come many to the second.
+_send_time_cache: list[tuple[int, str]] = [(0, "1970-01-01 00:00:00")]
 
 
 def send_time_text(now: float) -> str:
     """``send_time`` value: UTC, "YYYY-mm-dd HH:MM:SS" (the form Linphone apps parse)."""
-    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    second = math.floor(now)
+    # Within half a microsecond of the next second, fromtimestamp rounds up to it.
+    cacheable = now - second < 0.9999995
+    if cacheable and _send_time_cache[0][0] == second:
+        return _send_time_cache[0][1]
+    text = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    if cacheable:
+        _send_time_cache[0] = (second, text)
+    return text
 
 
 # RFC 3326 §2: Reason: SIP ;cause=200 ;text="Call completed elsewhere"

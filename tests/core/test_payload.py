@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given, settings
@@ -246,6 +248,14 @@ def test_small_payloads_are_untouched() -> None:
 
 def test_send_time_is_utc() -> None:
     assert send_time_text(0.0) == "1970-01-01 00:00:00"
+
+
+@given(st.floats(min_value=0, max_value=4e9), st.sampled_from([0.0, 0.4, 0.9999995, 0.9999999]))
+def test_send_time_from_the_last_second_cache_matches_formatting(now: float, step: float) -> None:
+    # The same second twice (cached the second time), then near the next second's rounding.
+    for moment in (now, now, math.floor(now) + step):
+        expected = datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        assert send_time_text(moment) == expected
 
 
 @settings(max_examples=60, deadline=None)

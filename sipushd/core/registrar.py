@@ -339,7 +339,7 @@ class Registrar:
             reg_id=item.reg_id,
             q=item.q,
             # RFC 3327 §5.3: the Path of the REGISTER is stored with each of its bindings.
-            path=tuple(str(p) for p in request.paths),
+            path=tuple(str(p) for p in request.paths) if "Path" in request.headers else (),
             push=item.push,
             pnsreg=item.pnsreg,
             user_agent=request.headers.get("User-Agent"),

@@ -9,9 +9,9 @@ from ``headers`` and ``to_bytes`` always writes the correct one (§20.14).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Self, TypeVar, cast
+from typing import Self, cast
 
 from sipushd.sip import _abnf
 from sipushd.sip.errors import SipParseError
@@ -35,9 +35,6 @@ from sipushd.sip.headers import (
 from sipushd.sip.status import reason_phrase
 from sipushd.sip.uri import SipUri
 
-_T = TypeVar("_T")
-
-
 _MISSING = object()
 
 
@@ -48,12 +45,21 @@ class _Message:
     body: bytes
     _cache: dict[str, object]
 
-    def _memo(self, key: str, compute: Callable[[], _T]) -> _T:
+    def _uint(self, key: str) -> int | None:
+        """An optional scalar header (lowercase `key`), parsed once."""
         cache = self._cache
         value = cache.get(key, _MISSING)
         if value is _MISSING:
-            value = cache[key] = compute()
-        return cast(_T, value)
+            value = cache[key] = self._optional_uint(key)
+        return cast(int | None, value)
+
+    def _addresses(self, key: str) -> tuple[NameAddr, ...]:
+        """Every name-addr of a list header (lowercase `key`), parsed once."""
+        cache = self._cache
+        value = cache.get(key, _MISSING)
+        if value is _MISSING:
+            value = cache[key] = self._name_addrs(key)
+        return cast(tuple[NameAddr, ...], value)
 
     def _single(self, key: str, name: str) -> str:
         fields = self.headers._by_key(key)
@@ -129,7 +135,7 @@ class _Message:
     @property
     def max_forwards(self) -> int | None:
         """Max-Forwards (RFC 3261 §20.22), None if absent."""
-        return self._memo("max-forwards", lambda: self._optional_uint("max-forwards"))
+        return self._uint("max-forwards")
 
     def _optional_uint(self, key: str) -> int | None:
         if not self.headers._by_key(key):
@@ -164,22 +170,22 @@ class _Message:
     @property
     def routes(self) -> list[NameAddr]:
         """Route values (RFC 3261 §20.34)."""
-        return list(self._memo("route", lambda: self._name_addrs("route")))
+        return list(self._addresses("route"))
 
     @property
     def record_routes(self) -> list[NameAddr]:
         """Record-Route values (RFC 3261 §20.30)."""
-        return list(self._memo("record-route", lambda: self._name_addrs("record-route")))
+        return list(self._addresses("record-route"))
 
     @property
     def paths(self) -> list[NameAddr]:
         """Path values (RFC 3327)."""
-        return list(self._memo("path", lambda: self._name_addrs("path")))
+        return list(self._addresses("path"))
 
     @property
     def expires(self) -> int | None:
         """The Expires header in seconds (RFC 3261 §20.19), None if absent."""
-        return self._memo("expires", lambda: self._optional_uint("expires"))
+        return self._uint("expires")
 
     @property
     def require(self) -> list[str]:

@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from sipushd.push.fcm import FcmProvider
-from sipushd.push.h2transport import H2Transport, _Connection
+from sipushd.push.h2connection import Connection as _Connection
+from sipushd.push.h2transport import H2Transport
 from sipushd.push.tls import client_context
 from sipushd.testing.mock_pns import MockPushService
 from sipushd.testing.net import free_port

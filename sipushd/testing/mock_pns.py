@@ -1,12 +1,13 @@
 """The mock push service: a local stand-in for APNs and FCM HTTP v1 that records every push.
 
-Rules: answers are framed exactly like Apple's and Google's (PUSH-PROTOCOLS.md): every
-APNs answer carries `apns-id`, a 200 has no body, errors are `{"reason": ...}` (410 adds
-`timestamp`); FCM errors carry `error.status` and `details[].errorCode`. A request is
-validated first; scripted failures (`--respond`) apply only to requests that would
-otherwise succeed. Invalid JSON in an APNs payload is answered 400 `BadPayload`, a reason
-Apple does not document. The control API (`GET`/`DELETE /pushes`, `GET`/`PUT /rules`) is
-served on the same port.
+This module is the service around the provider endpoints (`pns_endpoints`): its
+lifecycle, the routing of requests, the record of every push (in memory, `--record`
+file, `--on-push` command, `wait_for_push`), the control API (`GET`/`DELETE /pushes`,
+`GET`/`PUT /rules`, served on the same port) and the `sipushd mock-pns` command line.
+
+Rules: answers are framed exactly like Apple's and Google's (PUSH-PROTOCOLS.md; see
+`pns_endpoints`). A request is validated first; scripted failures (`--respond`) apply
+only to requests that would otherwise succeed.
 """
 
 from __future__ import annotations
@@ -14,17 +15,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import itertools
 import json
 import logging
 import os
-import secrets
 import signal
 import ssl
 import sys
-import time
 import urllib.parse
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,6 +44,7 @@ from sipushd.testing.pki import (
     write_test_apns_key,
     write_test_service_account,
 )
+from sipushd.testing.pns_endpoints import ApnsEndpoint, FcmEndpoint, json_response, parse_json
 from sipushd.testing.pns_rules import RULE_HELP, ResponseRule, RuleError, RuleSet, parse_rule
 
 __all__ = [
@@ -63,7 +61,6 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-_ACCESS_TOKEN_LIFETIME = 3600
 _MAX_WAIT = 60.0
 
 
@@ -98,12 +95,6 @@ class RecordedPush:
     def to_json(self) -> str:
         """The record as one line of JSON."""
         return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
-
-
-@dataclass(frozen=True, slots=True)
-class _Grant:
-    expires: float
-    scopes: frozenset[str]
 
 
 async def _feed(proc: asyncio.subprocess.Process, data: bytes) -> None:
@@ -142,13 +133,11 @@ class MockPushService:
         self._rules = RuleSet([parse_rule(text) for text in rules])
         self._on_push = on_push
         self._record_path = record
-        self._apns_keys = [proto.load_apns_key(path) for path in apns_public_keys]
+        self._apns = ApnsEndpoint(self._pick, self._record, apns_public_keys)
+        self._fcm = FcmEndpoint(self._pick, self._record)
         self._records: collections.deque[RecordedPush] = collections.deque(maxlen=max_records)
         self._next_index = 0
         self._waiters: set[asyncio.Future[None]] = set()
-        self._jwt_iat: dict[str, float] = {}
-        self._grants: dict[str, _Grant] = {}
-        self._message_ids = itertools.count(1)
         self._hooks: set[asyncio.Task[None]] = set()
         self._record_file: IO[str] | None = None
         self._server: H2Server | None = None
@@ -353,130 +342,20 @@ class MockPushService:
     async def _handle(self, request: Request) -> Response:
         path = request.path
         if path.startswith("/3/"):
-            return await self._apns(request)
+            return await self._apns.handle(request)
         if path.startswith("/v1/"):
-            return await self._fcm(request)
+            return await self._fcm.send(request)
         if path == "/token":
-            return self._token(request)
+            return self._fcm.token(request)
         if path == "/pushes":
             return await self._pushes(request)
         if path == "/rules":
             return self._rules_api(request)
-        return _json(404, {"error": f"no such path: {path}"})
+        return json_response(404, {"error": f"no such path: {path}"})
 
-    # APNs
-
-    async def _apns(self, request: Request) -> Response:
-        apns_id = request.headers.get("apns-id") or str(uuid.uuid4())
-        token = request.path.removeprefix(proto.APNS_PREFIX)
-        payload = _parse_json(request.body)
-        failure: proto.Failure | None = proto.Failure(404, "BadPath")
-        if request.path.startswith(proto.APNS_PREFIX):
-            failure = (
-                proto.check_apns_target(request.method, token)
-                or self._check_provider_token(request.headers.get("authorization"))
-                or proto.check_apns_headers(request.headers, request.body, payload)
-            )
-        rule, delay = (None, 0.0) if failure else self._rules.pick("apns", token)
-        if rule is not None and rule.status is not None:
-            failure = proto.Failure(rule.status, rule.reason or proto.apns_reason(rule.status))
-        push = self._record("apns", request, token, payload, failure)
-        if delay:
-            await asyncio.sleep(delay)
-        headers = [("apns-id", apns_id), *_retry_after(rule)]
-        if failure is None:
-            return Response(200, tuple(headers))  # no body at all, as Apple answers
-        body: dict[str, Any] = {"reason": failure.reason}
-        if failure.status == 410:
-            body["timestamp"] = int(push.time * 1000)  # milliseconds, as Apple sends it
-        return _json(failure.status, body, headers)
-
-    def _check_provider_token(self, authorization: str | None) -> proto.Failure | None:
-        """Token auth: `bearer <ES256 JWT>` with iss and iat, verified when keys are known."""
-        if authorization is None:
-            return proto.Failure(403, "MissingProviderToken") if self._apns_keys else None
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return proto.Failure(403, "InvalidProviderToken")
-        iat = self._jwt_iat.get(token)
-        if iat is None:
-            iat = proto.provider_token_iat(token, self._apns_keys)
-            if iat is None:
-                return proto.Failure(403, "InvalidProviderToken")
-            if len(self._jwt_iat) > 1000:
-                self._jwt_iat.clear()
-            self._jwt_iat[token] = iat  # verifying ES256 per push would dominate the cost
-        now = time.time()
-        if now - iat > proto.APNS_TOKEN_MAX_AGE:
-            return proto.Failure(403, "ExpiredProviderToken")
-        if iat - now > proto.APNS_TOKEN_SKEW:
-            return proto.Failure(403, "InvalidProviderToken")
-        return None
-
-    # FCM HTTP v1
-
-    async def _fcm(self, request: Request) -> Response:
-        match = proto.FCM_PATH.fullmatch(request.path)
-        if match is None or request.method != "POST":
-            return _json(
-                404,
-                proto.fcm_error_body(proto.Failure(404, None, "Requested entity was not found.")),
-            )
-        body = _parse_json(request.body)
-        message = body.get("message") if isinstance(body, dict) else None
-        token = message.get("token") if isinstance(message, dict) else None
-        token = token if isinstance(token, str) else ""
-        failure = self._check_fcm_auth(request.headers.get("authorization", ""))
-        failure = failure or proto.check_fcm_message(body)
-        rule, delay = (None, 0.0) if failure else self._rules.pick("fcm", token)
-        if rule is not None and rule.status is not None:
-            failure = proto.fcm_failure(rule.status, rule.reason)
-        self._record("fcm", request, token, body, failure)
-        if delay:
-            await asyncio.sleep(delay)
-        if failure is not None:
-            return _json(failure.status, proto.fcm_error_body(failure), _retry_after(rule))
-        name = f"projects/{match.group(1)}/messages/{next(self._message_ids)}"
-        return _json(200, {"name": name})
-
-    def _check_fcm_auth(self, authorization: str) -> proto.Failure | None:
-        scheme, _, token = authorization.partition(" ")
-        grant = self._grants.get(token) if scheme.lower() == "bearer" else None
-        if grant is None or grant.expires < time.time():
-            return proto.Failure(
-                401,
-                None,
-                "Request had invalid authentication credentials. Expected OAuth 2 access "
-                "token, login cookie or other valid authentication credential.",
-            )
-        if not grant.scopes & proto.FCM_SCOPES:
-            return proto.Failure(403, None, "Request had insufficient authentication scopes.")
-        return None
-
-    def _token(self, request: Request) -> Response:
-        """OAuth2 JWT-bearer grant (RFC 7523 §2.1), answered like Google's token endpoint."""
-        form = urllib.parse.parse_qs(request.body.decode("utf-8", "replace"))
-        grant_type = form.get("grant_type", [""])[0]
-        if request.method != "POST" or grant_type != proto.JWT_BEARER:
-            error = {"error": "unsupported_grant_type", "error_description": "Invalid grant_type"}
-            return _json(400, error)
-        scopes = proto.assertion_scopes(form.get("assertion", [""])[0])
-        if scopes is None:
-            description = "Invalid JWT: expected an RS256 assertion valid for at most 60 minutes"
-            return _json(400, {"error": "invalid_grant", "error_description": description})
-        # Google's access tokens run to a kilobyte or more (up to 2048 bytes documented, padded
-        # with dots since 2021); the client codes this header on every push, so a short
-        # token would flatter it.
-        access_token = "ya29.mock-" + secrets.token_urlsafe(768)
-        now = time.time()
-        self._grants = {t: g for t, g in self._grants.items() if g.expires > now}
-        self._grants[access_token] = _Grant(now + _ACCESS_TOKEN_LIFETIME, scopes)
-        answer = {
-            "access_token": access_token,
-            "expires_in": _ACCESS_TOKEN_LIFETIME,
-            "token_type": "Bearer",
-        }
-        return _json(200, answer)
+    def _pick(self, provider: str, token: str) -> tuple[ResponseRule | None, float]:
+        """The current rules' answer for a push that passed the checks (see `RuleSet.pick`)."""
+        return self._rules.pick(provider, token)
 
     # control API
 
@@ -484,9 +363,9 @@ class MockPushService:
         if request.method == "DELETE":
             cleared = len(self._records)
             self.clear()
-            return _json(200, {"cleared": cleared})
+            return json_response(200, {"cleared": cleared})
         if request.method != "GET":
-            return _json(405, {"error": "use GET or DELETE"})
+            return json_response(405, {"error": "use GET or DELETE"})
         query = urllib.parse.parse_qs(request.query)
         token = query.get("token", [None])[0]
         provider = query.get("provider", [None])[0]
@@ -494,7 +373,7 @@ class MockPushService:
             since = int(query.get("since", ["0"])[0])
             wait = min(float(query.get("wait", ["0"])[0]), _MAX_WAIT)
         except ValueError:
-            return _json(400, {"error": "since must be an integer and wait a number"})
+            return json_response(400, {"error": "since must be an integer and wait a number"})
 
         def matches(push: RecordedPush) -> bool:
             return (token is None or push.token == token) and (
@@ -510,39 +389,21 @@ class MockPushService:
             else:
                 found = [push for push in self._select(first.index) if matches(push)]
         pushes = [push.to_dict() for push in found]
-        return _json(200, {"pushes": pushes, "next": self._next_index})
+        return json_response(200, {"pushes": pushes, "next": self._next_index})
 
     def _rules_api(self, request: Request) -> Response:
         if request.method == "PUT":
-            body = _parse_json(request.body)
+            body = parse_json(request.body)
             rules = body.get("rules") if isinstance(body, dict) else None
             if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
-                return _json(400, {"error": 'send {"rules": ["RULE", ...]}'})
+                return json_response(400, {"error": 'send {"rules": ["RULE", ...]}'})
             try:
                 self.set_rules(rules)
             except RuleError as exc:
-                return _json(400, {"error": str(exc)})
+                return json_response(400, {"error": str(exc)})
         elif request.method != "GET":
-            return _json(405, {"error": "use GET or PUT"})
-        return _json(200, {"rules": [rule.text for rule in self._rules.rules]})
-
-
-def _parse_json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError:
-        return None
-
-
-def _json(status: int, body: object, headers: Sequence[tuple[str, str]] = ()) -> Response:
-    data = json.dumps(body, separators=(",", ":")).encode()
-    return Response(status, (*headers, ("content-type", "application/json")), data)
-
-
-def _retry_after(rule: ResponseRule | None) -> list[tuple[str, str]]:
-    if rule is None or rule.retry_after is None:
-        return []
-    return [("retry-after", rule.retry_after)]
+            return json_response(405, {"error": "use GET or PUT"})
+        return json_response(200, {"rules": [rule.text for rule in self._rules.rules]})
 
 
 # command line

@@ -46,9 +46,15 @@ async def send(
 
 
 @pytest.mark.asyncio
-async def test_fcm_pushes_share_one_connection_and_few_sends(
+async def test_concurrent_http2_requests_share_one_pooled_connection_and_few_sends(
     fcm: FcmProvider, pns: MockPushService
 ) -> None:
+    """httpx's pool on this backend: concurrent HTTP/2 requests share one connection and sends.
+
+    The transport is the FCM token client's. The requests are ``messages:send`` POSTs only
+    because the mock answers them on the same port; FCM's pushes themselves go through
+    ``H2Transport`` (tests/push/h2transport).
+    """
     app = fcm._apps[PROJECT]
     assert isinstance(app.transport, AsyncioHTTPTransport)
     access_token = await app.tokens.token()
@@ -63,8 +69,8 @@ async def test_fcm_pushes_share_one_connection_and_few_sends(
     )
     assert [answer.status_code for answer in answers] == [200] * 50
     assert all(answer.extensions["network_stream"] is stream for answer in answers)
-    # Each push writes HEADERS, DATA and an END_STREAM frame (150 writes); uncorked,
-    # every one of them was its own send() (112 here). Corked, the pushes share sends.
+    # Each request writes HEADERS, DATA and an END_STREAM frame (150 writes); uncorked,
+    # every one of them was its own send() (112 here). Corked, the requests share sends.
     assert stream.sends - before < 60
     assert sorted(push.token for push in pns.pushes[1:]) == sorted(
         f"fcm-token-{i}" for i in range(50)

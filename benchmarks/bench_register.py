@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import secrets
 import shutil
@@ -63,6 +64,7 @@ class Result:
     failed: int
     retransmissions: int
     elapsed: float
+    peak_rss_mb: float | None = None  # the server's VmHWM after the run (sipushd only)
 
     @property
     def rate(self) -> float:
@@ -295,9 +297,22 @@ def run_round(name: str, peers: Path, users: Path, work: Path, args: argparse.Na
             return run_sipp(name, port, peers, users, work, args)
     if name == "sipushd":
         with sipushd(work) as (port, pid), py_spy(pid, args.py_spy):
-            return run_sipp(name, port, peers, users, work, args)
+            result = run_sipp(name, port, peers, users, work, args)
+            return dataclasses.replace(result, peak_rss_mb=peak_rss_mb(pid))
     with bare(peers, work) as port:
         return run_sipp(name, port, peers, users, work, args)
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """The process's peak resident set size (VmHWM in /proc), in MB; None if unreadable."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return None
 
 
 def report(results: dict[str, list[Result]], args: argparse.Namespace) -> bool:
@@ -321,6 +336,9 @@ def report(results: dict[str, list[Result]], args: argparse.Namespace) -> bool:
     print()
     for name, rate in rates.items():
         print(f"median {name:<10} {rate:>9,.0f}/s")
+    peaks = [r.peak_rss_mb for r in results.get("sipushd", []) if r.peak_rss_mb is not None]
+    if peaks:
+        print(f"sipushd peak RSS {max(peaks):.0f} MB over {args.count:,} REGISTERs")
     if "sipushd" in rates:
         for peer in ("kamailio", "bare"):
             if rates.get(peer):

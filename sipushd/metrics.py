@@ -10,7 +10,7 @@ process-wide default registry.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -45,6 +45,7 @@ __all__ = [
     "REGISTRY",
     "STORED_MESSAGES",
     "TRANSACTIONS",
+    "TRANSACTION_KINDS",
     "WAKEUPS",
     "WAKEUP_LATENCY",
     "Tally",
@@ -71,12 +72,21 @@ class Tally:
     `collect()` protocol), so the exposition is that of a Counter or Gauge.
     """
 
-    def __init__(self, name: str, documentation: str, label: str, *, gauge: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        label: str,
+        *,
+        gauge: bool = False,
+        initial: Iterable[str] = (),
+    ) -> None:
         self.name = name
         self.documentation = documentation
         self.label = label
         self.gauge = gauge
-        self.counts: dict[str, int] = {}
+        # Series in `initial` are exposed at 0 before their first count.
+        self.counts: dict[str, int] = dict.fromkeys(initial, 0)
         REGISTRY.register(self)
 
     def add(self, value: str, amount: int = 1) -> None:
@@ -175,14 +185,20 @@ MESSAGE_DELIVERIES = Counter(
 )
 
 # --- SIP transactions and transports ------------------------------------------------------
+TRANSACTION_KINDS = ("invite_server", "invite_client", "non_invite_server", "non_invite_client")
 TRANSACTIONS = Tally(
     "sipushd_transactions",
     "Transactions created (kind: invite_server, invite_client, non_invite_server, "
     "non_invite_client; RFC 3261 §17)",
     "kind",
+    initial=TRANSACTION_KINDS,
 )
 ACTIVE_TRANSACTIONS = Tally(
-    "sipushd_transactions_active", "Transactions currently alive, by kind", "kind", gauge=True
+    "sipushd_transactions_active",
+    "Transactions currently alive, by kind",
+    "kind",
+    gauge=True,
+    initial=TRANSACTION_KINDS,
 )
 CONNECTIONS = Gauge(
     "sipushd_connections",

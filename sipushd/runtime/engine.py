@@ -51,12 +51,9 @@ def _kind(key: TransactionKey) -> str:
     return f"{invite}_{'server' if key.role is Role.SERVER else 'client'}"
 
 
-_KINDS = ("invite_server", "invite_client", "non_invite_server", "non_invite_client")
+# Plain dicts behind the metrics (every kind is in them from the start): one update each.
 _CREATED = metrics.TRANSACTIONS.counts
 _ACTIVE = metrics.ACTIVE_TRANSACTIONS.counts
-for _k in _KINDS:
-    _CREATED.setdefault(_k, 0)
-    _ACTIVE.setdefault(_k, 0)
 
 
 def _created(key: TransactionKey) -> None:

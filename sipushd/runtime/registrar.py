@@ -29,12 +29,10 @@ from sipushd.store.base import BindingStore, StoreError
 log = structlog.get_logger("sipushd.registrar")
 # The stdlib logger behind `log`: a filtered debug call still costs a structlog bind.
 _stdlib_log = logging.getLogger("sipushd.registrar")
-_RESULTS = metrics.REGISTER_RESULTS.counts
 
 
 def _count_result(status: int) -> None:
-    label = str(status)
-    _RESULTS[label] = _RESULTS.get(label, 0) + 1
+    metrics.REGISTER_RESULTS.add(str(status))
 
 
 BindingListener = Callable[[Binding], None]

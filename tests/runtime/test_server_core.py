@@ -173,3 +173,26 @@ async def test_transactions_and_parse_errors_are_counted(daemon: Daemon) -> None
         assert (await ua.request("OPTIONS", "sip:127.0.0.1")).status == 200
     assert _sample("sipushd_transactions_total", kind="non_invite_server") == created + 2
     assert _sample("sipushd_parse_errors_total", transport="udp") == errors + 1
+
+
+@pytest.mark.asyncio
+async def test_live_transactions_gauge_follows_timer_j(tmp_path: Path) -> None:
+    # T1 = 20 ms: a UDP non-INVITE server transaction lives on 64*T1 = 1.28 s (§17.2.2).
+    raw = _config(tmp_path).model_dump(mode="json", exclude_unset=True)
+    raw["sip"]["timers"] = {"t1": 0.02}
+    raw["routing"] = {"message_accept_timeout": 1.0}  # must stay below Timer F (64*T1)
+    running = Daemon(Config.model_validate(raw))
+    await running.start()
+    try:
+        before = _sample("sipushd_transactions_active", kind="non_invite_server")
+        async with await SipClient.connect("udp", _address(running, "udp")) as ua:
+            assert (await ua.request("OPTIONS", "sip:127.0.0.1")).status == 200
+        assert _sample("sipushd_transactions_active", kind="non_invite_server") == before + 1
+        for _ in range(200):  # Timer J fires after 1.28 s; give it up to 10 s
+            if _sample("sipushd_transactions_active", kind="non_invite_server") == before:
+                break
+            await asyncio.sleep(0.05)
+        assert _sample("sipushd_transactions_active", kind="non_invite_server") == before
+        assert len(running.engine.layer) == 0
+    finally:
+        await running.stop(0)

@@ -18,7 +18,11 @@ machine; the ratios within one run are the figures to compare. Exit status 1 whe
 REGISTER did not get its 200 or a server did not start.
 
     .venv/bin/python benchmarks/bench_register.py [--count 30000] [--rate 30000]
-        [--limit 500] [--rounds 1] [--only sipushd,kamailio,bare] [--py-spy OUT.svg]
+        [--limit 500] [--rounds 1] [--only sipushd,kamailio,bare] [--py-spy OUT.svg] [--pin]
+
+`--pin` runs each server with every one of its processes and threads on CPU 1 and sipp on
+CPU 0 (taskset): one core each, as the issue's "ratio on one core" reads. Without it the
+scheduler places them, and Kamailio's several processes share both cores with sipp.
 
 Peers are looked up in ../shared/peers next to the repository, else in $SIPUSHD_PEERS.
 `--py-spy` records a flame graph of sipushd during its run (needs py-spy on PATH or in
@@ -52,6 +56,7 @@ from sipushd.testing.net import free_port  # noqa: E402
 from sipushd.testing.process import stop_process  # noqa: E402
 
 KAMAILIO_PORT = 5080  # fixed in kamailio-registrar.cfg
+SERVER_CPU, LOAD_CPU = 1, 0  # --pin: the server under test on one core, sipp on the other
 SERVERS = ("kamailio", "sipushd", "bare")
 
 
@@ -139,7 +144,7 @@ def _options(port: int, local: int, n: int) -> bytes:
 
 
 @contextlib.contextmanager
-def kamailio(peers: Path, work: Path) -> Iterator[int]:
+def kamailio(peers: Path, work: Path, pin: list[str]) -> Iterator[int]:
     """Kamailio on 127.0.0.1:5080 (it forks into the background; stopped by its pid file)."""
     binary = shutil.which("kamailio") or "/usr/sbin/kamailio"
     if not Path(binary).exists():
@@ -149,7 +154,7 @@ def kamailio(peers: Path, work: Path) -> Iterator[int]:
     pid_file = work / "kamailio.pid"
     log = (work / "kamailio.log").open("wb")
     command = [binary, "-f", str(peers / "kamailio-registrar.cfg"), "-P", str(pid_file)]
-    status = subprocess.run([*command, "-m", "256", "-M", "32"], stdout=log, stderr=log)
+    status = subprocess.run([*pin, *command, "-m", "256", "-M", "32"], stdout=log, stderr=log)
     if status.returncode != 0:
         raise BenchError(f"kamailio did not start (see {work / 'kamailio.log'})")
     pid = 0
@@ -183,7 +188,7 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def sipushd(work: Path) -> Iterator[tuple[int, int]]:
+def sipushd(work: Path, pin: list[str]) -> Iterator[tuple[int, int]]:
     """`sipushd run` on a free UDP port with a fresh SQLite store: (port, pid)."""
     port = free_port()
     config = work / "sipushd.yaml"
@@ -201,7 +206,7 @@ def sipushd(work: Path) -> Iterator[tuple[int, int]]:
     )
     with (work / "sipushd.log").open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "sipushd", "run", "--config", str(config)],
+            [*pin, sys.executable, "-m", "sipushd", "run", "--config", str(config)],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
@@ -214,12 +219,12 @@ def sipushd(work: Path) -> Iterator[tuple[int, int]]:
 
 
 @contextlib.contextmanager
-def bare(peers: Path, work: Path) -> Iterator[int]:
+def bare(peers: Path, work: Path, pin: list[str]) -> Iterator[int]:
     """peers/bare_responder.py on uvloop on a free port."""
     port = free_port()
     with (work / "bare.log").open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, str(peers / "bare_responder.py"), str(port), "uvloop"],
+            [*pin, sys.executable, str(peers / "bare_responder.py"), str(port), "uvloop"],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -237,7 +242,7 @@ def run_sipp(
     stats = work / f"stats-{server}.csv"
     stats.unlink(missing_ok=True)
     command = [
-        shutil.which("sipp") or "sipp", f"127.0.0.1:{port}",
+        *pinned(args, LOAD_CPU), shutil.which("sipp") or "sipp", f"127.0.0.1:{port}",
         "-sf", str(peers / "sipp-register-pn.xml"), "-inf", str(users),
         "-r", str(args.rate), "-l", str(args.limit), "-m", str(args.count),
         "-p", str(free_port()), "-timeout", str(args.timeout),
@@ -290,16 +295,21 @@ def py_spy(pid: int | None, out: Path | None) -> Iterator[None]:
         recorder.wait(60)
 
 
+def pinned(args: argparse.Namespace, cpu: int) -> list[str]:
+    """`taskset -c CPU` to put in front of a command with --pin, else nothing."""
+    return ["taskset", "-c", str(cpu)] if args.pin else []
+
+
 def run_round(name: str, peers: Path, users: Path, work: Path, args: argparse.Namespace) -> Result:
     """Start one server, load it with sipp, stop it."""
     if name == "kamailio":
-        with kamailio(peers, work) as port:
+        with kamailio(peers, work, pinned(args, SERVER_CPU)) as port:
             return run_sipp(name, port, peers, users, work, args)
     if name == "sipushd":
-        with sipushd(work) as (port, pid), py_spy(pid, args.py_spy):
+        with sipushd(work, pinned(args, SERVER_CPU)) as (port, pid), py_spy(pid, args.py_spy):
             result = run_sipp(name, port, peers, users, work, args)
             return dataclasses.replace(result, peak_rss_mb=peak_rss_mb(pid))
-    with bare(peers, work) as port:
+    with bare(peers, work, pinned(args, SERVER_CPU)) as port:
         return run_sipp(name, port, peers, users, work, args)
 
 
@@ -358,6 +368,11 @@ def main() -> int:
     parser.add_argument("--only", default=",".join(SERVERS), help="servers, comma-separated")
     parser.add_argument("--py-spy", type=Path, default=None, help="flame graph of sipushd")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help=f"each server alone on CPU {SERVER_CPU} (every process of it), sipp on CPU {LOAD_CPU}",
+    )
     args = parser.parse_args()
     names = [n for n in args.only.split(",") if n]
     if unknown := set(names) - set(SERVERS):

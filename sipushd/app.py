@@ -138,6 +138,7 @@ class Daemon:
         await self.dispatcher.start()
         # The current dispatcher: SIGHUP replaces it.
         server.overload_checks.append(lambda: self.dispatcher is not None and self.dispatcher.full)
+        server.backlog = transport.udp_backlog
         gate = auth_gate(self.config)
         self.registrar = RegistrarService(
             server,

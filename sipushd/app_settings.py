@@ -152,4 +152,5 @@ def auth_gate(config: Config) -> AuthGate | None:
 def apply_overload(server: ServerCore, overload: OverloadConfig) -> None:
     """Load-shedding limits from `sip.overload` (RFC 3261 §21.5.4: 503 with Retry-After)."""
     server.max_transactions = overload.max_transactions
+    server.max_backlog = overload.max_udp_backlog
     server.retry_after = overload.retry_after

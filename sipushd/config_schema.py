@@ -219,6 +219,8 @@ class OverloadConfig(Model):
     """Load shedding: new INVITE / MESSAGE get 503 with Retry-After (RFC 3261 §21.5.4)."""
 
     max_transactions: int = Field(default=50_000, ge=100)  # live SIP transactions
+    # Bytes of UDP datagrams received but not yet read (kernel receive queues); 0: no limit.
+    max_udp_backlog: int = Field(default=2 * 1024 * 1024, ge=0)
     retry_after: int = Field(default=10, ge=1, le=3600)  # seconds, in the 503
 
 

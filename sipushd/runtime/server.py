@@ -8,10 +8,13 @@ Request-URIs naming a user or another host, as `is_for_us` decides) go to
 416 for a URI scheme it does not serve, 420 for an unsupported Proxy-Require (and Require,
 for requests it answers itself: a proxy ignores Require, §16.3 step 5), 483 when
 Max-Forwards is exhausted, 405 for a known method without a handler, 501 for an unknown
-method. When overloaded (more live transactions than `max_transactions`, or an
-`overload_checks` hook says so, e.g. a full push queue) a new INVITE or MESSAGE gets
-503 with Retry-After (§21.5.4) instead of work the daemon cannot finish; REGISTER,
-CANCEL, ACK and in-dialog requests still pass.
+method. When overloaded (more live transactions than `max_transactions`, more received
+datagrams waiting to be read than `max_backlog` bytes, or an `overload_checks` hook says
+so, e.g. a full push queue) a new INVITE or MESSAGE gets 503 with Retry-After (§21.5.4)
+instead of work the daemon cannot finish; REGISTER, CANCEL, ACK and in-dialog requests
+still pass. The backlog is what stops a retransmission storm: a request that waits
+longer than timer A in the socket is sent again (§17.1.1.2), and every copy adds to
+the queue; a 503 ends the new call at once and leaves the time to the calls under way.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ RequestHandler = Callable[[Request, Endpoint, TransactionKey], None]
 # Requests that start new work (a call, a message to store and push): shed when overloaded.
 SHED_METHODS = frozenset({"INVITE", "MESSAGE"})
 DEFAULT_MAX_TRANSACTIONS = 50_000
+DEFAULT_MAX_BACKLOG = 2 * 1024 * 1024  # bytes
 DEFAULT_RETRY_AFTER = 10
 
 
@@ -68,6 +72,9 @@ class ServerCore:
         self.is_for_us: Callable[[SipUri], bool] = lambda uri: True
         # Overload protection: live transactions allowed, other "too busy" signals.
         self.max_transactions = DEFAULT_MAX_TRANSACTIONS
+        # Received datagrams not yet read (the transport's `udp_backlog`), and their limit.
+        self.backlog: Callable[[], int] = lambda: 0
+        self.max_backlog = DEFAULT_MAX_BACKLOG
         self.overload_checks: list[Callable[[], bool]] = []
         self.retry_after = DEFAULT_RETRY_AFTER
         self._shedding = False
@@ -158,6 +165,8 @@ class ServerCore:
         """True when new calls and messages must wait (see the module docstring)."""
         if len(self.engine.layer) > self.max_transactions:
             return True
+        if self.max_backlog and self.backlog() > self.max_backlog:
+            return True
         return any(check() for check in self.overload_checks)
 
     def _shed(self) -> bool:
@@ -167,7 +176,9 @@ class ServerCore:
             self._shedding = overloaded
             if overloaded:
                 log.warning(
-                    "overloaded: new INVITE / MESSAGE get 503", transactions=len(self.engine.layer)
+                    "overloaded: new INVITE / MESSAGE get 503",
+                    transactions=len(self.engine.layer),
+                    udp_backlog=self.backlog(),
                 )
             else:
                 log.info("no longer overloaded")

@@ -141,6 +141,10 @@ class TransportManager:
         ctx.counters.messages_out += 1
         return flow.endpoint
 
+    def udp_backlog(self) -> int:
+        """Bytes of received datagrams waiting in the kernel on every UDP socket (0: unknown)."""
+        return sum(listener.queued_bytes() for _, listener in self._udp)
+
     def flow_alive(self, endpoint: Endpoint) -> bool:
         """True while the connection named by endpoint.flow accepts output."""
         if endpoint.flow is None:

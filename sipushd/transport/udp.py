@@ -10,6 +10,8 @@ packet source; anything else malformed is dropped.
 from __future__ import annotations
 
 import asyncio
+import socket
+import sys
 from typing import Any, cast
 
 from sipushd.sip import Endpoint, Request, SipParseError, parse_message
@@ -19,6 +21,10 @@ from sipushd.transport.wire import error_response, is_keepalive, stun_binding_re
 
 _FIRST_LETTER = 0x41  # "A": every request method and "SIP/2.0" start with a letter
 _CR = 0x0D  # RFC 3261 §7.5: CRLFs before the start line are allowed (and ignored)
+# Linux getsockopt(SO_MEMINFO): struct sk_meminfo, u32 fields; the first is the memory the
+# datagrams waiting in the receive queue take (SK_MEMINFO_RMEM_ALLOC).
+_SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)
+_MEMINFO_SIZE = 9 * 4
 
 
 class UdpListener(asyncio.DatagramProtocol):
@@ -28,6 +34,7 @@ class UdpListener(asyncio.DatagramProtocol):
         self._ctx = ctx
         self._transport: asyncio.DatagramTransport | None = None
         self._max_size = ctx.limits.max_message_size
+        self._meminfo = sys.platform == "linux"
         self.closed = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -71,6 +78,24 @@ class UdpListener(asyncio.DatagramProtocol):
             return
         transport.sendto(data, (host, port))
         self._ctx.counters.bytes_out += len(data)
+
+    def queued_bytes(self) -> int:
+        """Kernel memory taken by datagrams not yet read from this socket; 0 when unknown.
+
+        What the process has yet to read is work it is behind on: under overload it is the
+        queue whose delay makes peers retransmit (RFC 3261 §17.1.1.2, timer A).
+        """
+        transport = self._transport
+        if not self._meminfo or transport is None:
+            return 0
+        try:
+            raw = transport.get_extra_info("socket").getsockopt(
+                socket.SOL_SOCKET, _SO_MEMINFO, _MEMINFO_SIZE
+            )
+        except (OSError, AttributeError):
+            self._meminfo = False  # not Linux 4.6+, or no socket: never ask again
+            return 0
+        return int.from_bytes(raw[:4], sys.byteorder)
 
     def close(self) -> None:
         """Close the socket."""

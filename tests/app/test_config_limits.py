@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 
@@ -21,6 +22,7 @@ def test_defaults() -> None:
     config = load_config_text(MINIMAL)
     assert config.sip.overload.max_transactions == 50_000
     assert config.sip.overload.retry_after == 10
+    assert config.sip.overload.max_udp_backlog == 2 * 1024 * 1024
     # RFC 3261 §16.6 step 11: Timer C is larger than 3 minutes.
     assert config.routing.timer_c > 180
     assert proxy_settings(config).timer_c == config.routing.timer_c
@@ -37,6 +39,7 @@ def test_values_reach_the_proxy_settings() -> None:
         ("routing:\n  timer_c: 180\n", "routing.timer_c", 5),
         ("  overload:\n    max_transactions: 5\n", "sip.overload.max_transactions", 5),
         ("  overload:\n    retry_after: 0\n", "sip.overload.retry_after", 5),
+        ("  overload:\n    max_udp_backlog: -1\n", "sip.overload.max_udp_backlog", 5),
         ("  overload:\n    retry_aftr: 5\n", "sip.overload.retry_aftr", 5),
     ],
 )
@@ -104,5 +107,47 @@ async def test_overload_limits_apply_and_reload(tmp_path: Path) -> None:
             alice.send(_invite(alice, 2))
             # Nobody is registered: the INVITE now reaches the location service.
             assert (await alice.final_response()).status == 480
+    finally:
+        await daemon.stop(0)
+
+
+@pytest.mark.asyncio
+@pytest.mark.skipif(sys.platform != "linux", reason="the UDP backlog is read with SO_MEMINFO")
+async def test_a_deep_udp_backlog_sheds_new_invites(tmp_path: Path) -> None:
+    raw = {
+        "sip": {
+            "domains": ["example.org"],
+            "listen": ["udp:127.0.0.1:0"],
+            "overload": {"max_udp_backlog": 4096, "retry_after": 9},
+        },
+        "storage": {"sqlite": {"path": ":memory:"}},
+        "admin": {"listen": "127.0.0.1:0"},
+        "push": {"mock": {"enabled": True}},
+    }
+    path = tmp_path / "sipushd.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    daemon = Daemon(load_config(path))
+    await daemon.start()
+    udp = daemon.listeners[0]
+
+    async def invite_behind_a_burst(alice: SipClient, n: int) -> Response:
+        # The INVITE is read first; the OPTIONS behind it wait in the socket meanwhile.
+        alice.send(_invite(alice, n))
+        for m in range(40):
+            alice.send(alice.build("OPTIONS", "sip:example.org", call_id=f"burst-{n}-{m}"))
+        answers = [await alice.final_response() for _ in range(41)]
+        [answer] = [a for a in answers if a.cseq.method == "INVITE"]
+        assert isinstance(answer, Response)
+        return answer
+
+    try:
+        async with await SipClient.connect("udp", (udp.host, udp.port)) as alice:
+            shed = await invite_behind_a_burst(alice, 1)
+            assert (shed.status, shed.headers.get("Retry-After")) == (503, "9")
+            raw["sip"]["overload"] = {"max_udp_backlog": 0}  # type: ignore[index]
+            path.write_text(yaml.safe_dump(raw))
+            await reload_config_file(daemon, path)  # 0: no backlog limit
+            # Nobody is registered: the INVITE now reaches the location service.
+            assert (await invite_behind_a_burst(alice, 2)).status == 480
     finally:
         await daemon.stop(0)

@@ -72,8 +72,11 @@ class ServerCore:
         self.is_for_us: Callable[[SipUri], bool] = lambda uri: True
         # Overload protection: live transactions allowed, other "too busy" signals.
         self.max_transactions = DEFAULT_MAX_TRANSACTIONS
-        # Received datagrams not yet read (the transport's `udp_backlog`), and their limit.
-        self.backlog: Callable[[], int] = lambda: 0
+        # (bytes waiting, queue size) of received datagrams not yet read: the transport's
+        # `udp_backlog`. Over `max_backlog`, or three quarters of the queue when that is
+        # less (a kernel with a low net.core.rmem_max), the server is overloaded: before the
+        # kernel drops what the calls under way need.
+        self.backlog: Callable[[], tuple[int, int]] = lambda: (0, 0)
         self.max_backlog = DEFAULT_MAX_BACKLOG
         self.overload_checks: list[Callable[[], bool]] = []
         self.retry_after = DEFAULT_RETRY_AFTER
@@ -165,8 +168,10 @@ class ServerCore:
         """True when new calls and messages must wait (see the module docstring)."""
         if len(self.engine.layer) > self.max_transactions:
             return True
-        if self.max_backlog and self.backlog() > self.max_backlog:
-            return True
+        if self.max_backlog:
+            waiting, size = self.backlog()
+            if waiting > min(self.max_backlog, size * 3 // 4):
+                return True
         return any(check() for check in self.overload_checks)
 
     def _shed(self) -> bool:
@@ -178,7 +183,7 @@ class ServerCore:
                 log.warning(
                     "overloaded: new INVITE / MESSAGE get 503",
                     transactions=len(self.engine.layer),
-                    udp_backlog=self.backlog(),
+                    udp_backlog=self.backlog()[0],
                 )
             else:
                 log.info("no longer overloaded")

@@ -141,9 +141,10 @@ class TransportManager:
         ctx.counters.messages_out += 1
         return flow.endpoint
 
-    def udp_backlog(self) -> int:
-        """Bytes of received datagrams waiting in the kernel on every UDP socket (0: unknown)."""
-        return sum(listener.queued_bytes() for _, listener in self._udp)
+    def udp_backlog(self) -> tuple[int, int]:
+        """(bytes waiting, bytes they may reach) in the receive queues of every UDP socket."""
+        queues = [listener.receive_queue() for _, listener in self._udp]
+        return sum(q[0] for q in queues), sum(q[1] for q in queues)
 
     def flow_alive(self, endpoint: Endpoint) -> bool:
         """True while the connection named by endpoint.flow accepts output."""

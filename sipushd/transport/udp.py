@@ -21,8 +21,8 @@ from sipushd.transport.wire import error_response, is_keepalive, stun_binding_re
 
 _FIRST_LETTER = 0x41  # "A": every request method and "SIP/2.0" start with a letter
 _CR = 0x0D  # RFC 3261 §7.5: CRLFs before the start line are allowed (and ignored)
-# Linux getsockopt(SO_MEMINFO): struct sk_meminfo, u32 fields; the first is the memory the
-# datagrams waiting in the receive queue take (SK_MEMINFO_RMEM_ALLOC).
+# Linux getsockopt(SO_MEMINFO): struct sk_meminfo, u32 fields; the first two are the memory
+# the datagrams waiting in the receive queue take and the queue's limit (RMEM_ALLOC, RCVBUF).
 _SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)
 _MEMINFO_SIZE = 9 * 4
 
@@ -79,23 +79,25 @@ class UdpListener(asyncio.DatagramProtocol):
         transport.sendto(data, (host, port))
         self._ctx.counters.bytes_out += len(data)
 
-    def queued_bytes(self) -> int:
-        """Kernel memory taken by datagrams not yet read from this socket; 0 when unknown.
+    def receive_queue(self) -> tuple[int, int]:
+        """(bytes waiting, bytes the queue may hold) for this socket; (0, 0) when unknown.
 
+        Bytes are kernel memory, the datagrams' own and the kernel's per-packet overhead.
         What the process has yet to read is work it is behind on: under overload it is the
         queue whose delay makes peers retransmit (RFC 3261 §17.1.1.2, timer A).
         """
         transport = self._transport
         if not self._meminfo or transport is None:
-            return 0
+            return 0, 0
         try:
             raw = transport.get_extra_info("socket").getsockopt(
                 socket.SOL_SOCKET, _SO_MEMINFO, _MEMINFO_SIZE
             )
         except (OSError, AttributeError):
             self._meminfo = False  # not Linux 4.6+, or no socket: never ask again
-            return 0
-        return int.from_bytes(raw[:4], sys.byteorder)
+            return 0, 0
+        order = sys.byteorder
+        return int.from_bytes(raw[0:4], order), int.from_bytes(raw[4:8], order)
 
     def close(self) -> None:
         """Close the socket."""

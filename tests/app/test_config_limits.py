@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -149,5 +150,41 @@ async def test_a_deep_udp_backlog_sheds_new_invites(tmp_path: Path) -> None:
             await reload_config_file(daemon, path)  # 0: no backlog limit
             # Nobody is registered: the INVITE now reaches the location service.
             assert (await invite_behind_a_burst(alice, 2)).status == 480
+    finally:
+        await daemon.stop(0)
+
+
+@pytest.mark.asyncio
+@pytest.mark.skipif(sys.platform != "linux", reason="the UDP backlog is read with SO_MEMINFO")
+async def test_a_small_receive_buffer_sheds_when_three_quarters_full(tmp_path: Path) -> None:
+    # A kernel whose net.core.rmem_max caps the buffer below max_udp_backlog: three quarters
+    # of the real queue is the limit, so shedding starts before the kernel drops datagrams.
+    raw = {
+        "sip": {
+            "domains": ["example.org"],
+            "listen": ["udp:127.0.0.1:0"],
+            "overload": {"max_udp_backlog": 1 << 30},
+        },
+        "storage": {"sqlite": {"path": ":memory:"}},
+        "admin": {"listen": "127.0.0.1:0"},
+        "push": {"mock": {"enabled": True}},
+    }
+    path = tmp_path / "sipushd.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    daemon = Daemon(load_config(path))
+    await daemon.start()
+    udp = daemon.listeners[0]
+    try:
+        [(_, listener)] = daemon.transport._udp  # type: ignore[union-attr]
+        sock = listener._transport.get_extra_info("socket")  # type: ignore[union-attr]
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        async with await SipClient.connect("udp", (udp.host, udp.port)) as alice:
+            alice.send(_invite(alice, 1))
+            for m in range(30):  # more than the small queue holds: some are dropped
+                alice.send(alice.build("OPTIONS", "sip:example.org", call_id=f"fill-{m}"))
+            answer = await alice.final_response()
+            while answer.cseq.method != "INVITE":
+                answer = await alice.final_response()
+            assert answer.status == 503
     finally:
         await daemon.stop(0)

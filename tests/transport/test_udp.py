@@ -187,12 +187,17 @@ async def test_udp_listener_asks_for_a_large_receive_buffer(make_harness: Harnes
 @pytest.mark.skipif(sys.platform != "linux", reason="SO_MEMINFO is Linux's")
 async def test_udp_backlog_counts_datagrams_not_yet_read(listen_udp: ListenUdp) -> None:
     harness, _, peer, target = await listen_udp()
-    assert harness.manager.udp_backlog() == 0
+    waiting, size = harness.manager.udp_backlog()
+    assert waiting == 0
+    # The queue's limit is the socket's receive buffer (the kernel doubles what was asked).
+    [(_, listener)] = harness.manager._udp
+    sock = listener._transport.get_extra_info("socket")  # type: ignore[union-attr]
+    assert size == sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     requests = [sip_request(via=f"SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK-q{n}") for n in range(20)]
     for request in requests:
         peer.send(request, target)  # on loopback the datagram is queued before send returns
     # Nothing was read yet (no await since): the kernel holds all twenty.
-    assert harness.manager.udp_backlog() >= sum(len(r) for r in requests)
+    assert harness.manager.udp_backlog()[0] >= sum(len(r) for r in requests)
     for _ in requests:
         await harness.recorder.request()
-    assert harness.manager.udp_backlog() == 0
+    assert harness.manager.udp_backlog() == (0, size)

@@ -6,6 +6,7 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -72,20 +73,22 @@ def _invite(client: SipClient, n: int) -> Request:
     )
 
 
-@pytest.mark.asyncio
-async def test_overload_limits_apply_and_reload(tmp_path: Path) -> None:
-    raw = {
-        "sip": {
-            "domains": ["example.org"],
-            "listen": ["udp:127.0.0.1:0"],
-            "overload": {"max_transactions": 100, "retry_after": 42},
-        },
+def _overload_config(tmp_path: Path, overload: dict[str, int]) -> tuple[dict[str, Any], Path]:
+    """A loopback UDP config with `sip.overload` set, written to a file: (raw, path)."""
+    raw: dict[str, Any] = {
+        "sip": {"domains": ["example.org"], "listen": ["udp:127.0.0.1:0"], "overload": overload},
         "storage": {"sqlite": {"path": ":memory:"}},
         "admin": {"listen": "127.0.0.1:0"},
         "push": {"mock": {"enabled": True}},
     }
     path = tmp_path / "sipushd.yaml"
     path.write_text(yaml.safe_dump(raw))
+    return raw, path
+
+
+@pytest.mark.asyncio
+async def test_overload_limits_apply_and_reload(tmp_path: Path) -> None:
+    raw, path = _overload_config(tmp_path, {"max_transactions": 100, "retry_after": 42})
     daemon = Daemon(load_config(path))
     await daemon.start()
     udp = daemon.listeners[0]
@@ -100,7 +103,7 @@ async def test_overload_limits_apply_and_reload(tmp_path: Path) -> None:
             assert isinstance(shed, Response)
             assert (shed.status, shed.headers.get("Retry-After")) == (503, "42")
 
-            raw["sip"]["overload"] = {"max_transactions": 100_000, "retry_after": 7}  # type: ignore[index]
+            raw["sip"]["overload"] = {"max_transactions": 100_000, "retry_after": 7}
             path.write_text(yaml.safe_dump(raw))
             await reload_config_file(daemon, path)  # SIGHUP: the new limits apply at once
             assert daemon.server is not None
@@ -115,18 +118,7 @@ async def test_overload_limits_apply_and_reload(tmp_path: Path) -> None:
 @pytest.mark.asyncio
 @pytest.mark.skipif(sys.platform != "linux", reason="the UDP backlog is read with SO_MEMINFO")
 async def test_a_deep_udp_backlog_sheds_new_invites(tmp_path: Path) -> None:
-    raw = {
-        "sip": {
-            "domains": ["example.org"],
-            "listen": ["udp:127.0.0.1:0"],
-            "overload": {"max_udp_backlog": 4096, "retry_after": 9},
-        },
-        "storage": {"sqlite": {"path": ":memory:"}},
-        "admin": {"listen": "127.0.0.1:0"},
-        "push": {"mock": {"enabled": True}},
-    }
-    path = tmp_path / "sipushd.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    raw, path = _overload_config(tmp_path, {"max_udp_backlog": 4096, "retry_after": 9})
     daemon = Daemon(load_config(path))
     await daemon.start()
     udp = daemon.listeners[0]
@@ -145,7 +137,7 @@ async def test_a_deep_udp_backlog_sheds_new_invites(tmp_path: Path) -> None:
         async with await SipClient.connect("udp", (udp.host, udp.port)) as alice:
             shed = await invite_behind_a_burst(alice, 1)
             assert (shed.status, shed.headers.get("Retry-After")) == (503, "9")
-            raw["sip"]["overload"] = {"max_udp_backlog": 0}  # type: ignore[index]
+            raw["sip"]["overload"] = {"max_udp_backlog": 0}
             path.write_text(yaml.safe_dump(raw))
             await reload_config_file(daemon, path)  # 0: no backlog limit
             # Nobody is registered: the INVITE now reaches the location service.
@@ -159,18 +151,7 @@ async def test_a_deep_udp_backlog_sheds_new_invites(tmp_path: Path) -> None:
 async def test_a_small_receive_buffer_sheds_when_three_quarters_full(tmp_path: Path) -> None:
     # A kernel whose net.core.rmem_max caps the buffer below max_udp_backlog: three quarters
     # of the real queue is the limit, so shedding starts before the kernel drops datagrams.
-    raw = {
-        "sip": {
-            "domains": ["example.org"],
-            "listen": ["udp:127.0.0.1:0"],
-            "overload": {"max_udp_backlog": 1 << 30},
-        },
-        "storage": {"sqlite": {"path": ":memory:"}},
-        "admin": {"listen": "127.0.0.1:0"},
-        "push": {"mock": {"enabled": True}},
-    }
-    path = tmp_path / "sipushd.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    _, path = _overload_config(tmp_path, {"max_udp_backlog": 1 << 30})
     daemon = Daemon(load_config(path))
     await daemon.start()
     udp = daemon.listeners[0]

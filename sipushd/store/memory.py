@@ -107,8 +107,7 @@ class MemoryBindingStore(BindingStore):
 
     async def get(self, aor: str, now: float) -> list[Binding]:
         """The AOR's live bindings, oldest registration first."""
-        self._check_open()
-        return self._index.get(aor, now)
+        return self.peek(aor, now)
 
     def peek(self, aor: str, now: float) -> list[Binding]:
         """`get()` without waiting: every read is served from memory."""
@@ -117,9 +116,7 @@ class MemoryBindingStore(BindingStore):
 
     async def apply(self, aor: str, upserts: Sequence[Binding], removals: Sequence[str]) -> None:
         """Atomically upsert and remove bindings of one AOR."""
-        self._check_open()
-        self._index.check(aor, upserts)
-        self._index.apply(aor, upserts, removals)
+        await self.apply_soon(aor, upserts, removals)
 
     def apply_soon(
         self, aor: str, upserts: Sequence[Binding], removals: Sequence[str]

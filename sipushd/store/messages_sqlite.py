@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,8 @@ class SqliteMessageStore(MessageStore):
         # AORs with at least one row in `messages` (expired or not); None after a failed
         # transaction, until the next delete reloads it: then `pending` always asks the file.
         self._aors: set[str] | None = set()
+        # AORs with an add() under way (waiting for the lock or inside its transaction).
+        self._adding: Counter[str] = Counter()
 
     @classmethod
     async def open(cls, path: str | Path) -> SqliteMessageStore:
@@ -120,6 +123,17 @@ class SqliteMessageStore(MessageStore):
         self, message: StoredMessage, recipients: Sequence[str], *, limit: int, now: float
     ) -> None:
         """Store `message` pending for `recipients`; MessageLimitError when the AOR is full."""
+        self._adding[message.aor] += 1
+        try:
+            await self._add(message, recipients, limit, now)
+        finally:
+            self._adding[message.aor] -= 1
+            if not self._adding[message.aor]:
+                del self._adding[message.aor]
+
+    async def _add(
+        self, message: StoredMessage, recipients: Sequence[str], limit: int, now: float
+    ) -> None:
         async with self._transaction():
             count = await self._scalar(
                 "SELECT COUNT(*) FROM messages WHERE aor = ? AND expires_at > ?",
@@ -149,8 +163,12 @@ class SqliteMessageStore(MessageStore):
         return [_from_row(row) for row in rows]
 
     def may_have_pending(self, aor: str) -> bool:
-        """False when `aor` has no MESSAGE in the file and no write is under way."""
-        return self._aors is None or aor in self._aors or self._lock.locked()
+        """False when `aor` has no MESSAGE in the file and no add() for it is under way.
+
+        Reads and other AORs' writes do not count: under load one of them holds the
+        lock nearly all the time, and every REGISTER would then start a lookup.
+        """
+        return self._aors is None or aor in self._aors or aor in self._adding
 
     async def mark_done(self, message_id: str, device: str) -> bool:
         """Record `device` done; drop the message when nobody is pending."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -83,9 +84,29 @@ async def test_may_have_pending_is_false_only_for_an_aor_without_messages(
         assert not store.may_have_pending(AOR)
         await store.add(message(1), ["phone"], limit=LIMIT, now=NOW)
         assert store.may_have_pending(AOR) and not store.may_have_pending(BOB)
-        async with store._lock:  # a write under way may be adding BOB's first MESSAGE
-            assert store.may_have_pending(BOB)
+        async with store._lock:
+            # Another operation holds the lock: it says nothing about BOB...
+            assert not store.may_have_pending(BOB)
+            # ...but an add() of BOB's first MESSAGE waiting behind it may.
+            adding = asyncio.ensure_future(
+                store.add(message(2, BOB), ["phone"], limit=LIMIT, now=NOW)
+            )
+            await asyncio.sleep(0)
+            assert not adding.done() and store.may_have_pending(BOB)
+        await adding
+        assert store.may_have_pending(BOB)
         assert await store.mark_done("m1", "phone") is True
+        assert not store.may_have_pending(AOR)
+    finally:
+        await store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_failed_add_leaves_no_trace_in_may_have_pending(tmp_path: Path) -> None:
+    store = await SqliteMessageStore.open(tmp_path / "sipushd.db")
+    try:
+        with pytest.raises(Exception, match="already has"):
+            await store.add(message(1), ["phone"], limit=0, now=NOW)
         assert not store.may_have_pending(AOR)
     finally:
         await store.close()

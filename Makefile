@@ -8,9 +8,14 @@ DEB_TOOLS := sipp=sip-tester linphonec=linphone-cli redis-server=redis-server sy
 
 .PHONY: run test lint bench venv deb-tools clean
 
-$(VENV)/.installed: pyproject.toml
+# The SIP stack and the pure core are compiled with mypyc (setup.py) into .so files next
+# to their sources; any change to them rebuilds. SIPUSHD_PURE=1 installs without compiling.
+COMPILED := $(wildcard sipushd/sip/*.py sipushd/core/*.py)
+
+$(VENV)/.installed: pyproject.toml setup.py $(COMPILED)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	rm -f sipushd/sip/*.so sipushd/core/*.so *__mypyc.*.so
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
@@ -34,8 +39,8 @@ deb-tools:
 	fi
 
 lint: venv
-	$(VENV)/bin/ruff check sipushd tests benchmarks
-	$(VENV)/bin/ruff format --check sipushd tests benchmarks
+	$(VENV)/bin/ruff check sipushd tests benchmarks setup.py
+	$(VENV)/bin/ruff format --check sipushd tests benchmarks setup.py
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
@@ -47,3 +52,4 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -f sipushd/sip/*.so sipushd/core/*.so *__mypyc.*.so

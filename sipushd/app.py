@@ -26,7 +26,7 @@ from pathlib import Path
 import structlog
 import uvloop
 
-from sipushd import __version__, metrics, notify
+from sipushd import __version__, metrics, native, notify
 from sipushd.admin import AdminServer
 from sipushd.app_settings import (
     apply_overload,
@@ -459,7 +459,14 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
             watchdog = asyncio.create_task(_watchdog(interval))
         if ready is not None:
             ready.set()
-        log.info("sipushd ready", version=__version__, domains=list(config.sip.domains))
+        log.info(
+            "sipushd ready",
+            version=__version__,
+            domains=list(config.sip.domains),
+            compiled=bool(native.compiled_modules()),
+        )
+        if stale := native.stale_modules():
+            log.warning("compiled modules older than their sources: run `make venv`", stale=stale)
         while await signals.get() == signal.SIGHUP:
             await reload_config_file(daemon, config.source_path)
         notify.stopping()

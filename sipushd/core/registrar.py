@@ -405,10 +405,10 @@ def _check_push(
         return None, (label,)
     try:
         push = parse_push_target(params)
-    except UnsupportedProviderError as exc:
-        raise _Reject(555, "Push Notification Service Not Supported") from exc
-    except PushParamError as exc:
-        raise _Reject(400, f"Bad Push Parameters: {exc.reason}") from exc
+    except UnsupportedProviderError as unsupported:
+        raise _Reject(555, "Push Notification Service Not Supported") from unsupported
+    except PushParamError as bad:
+        raise _Reject(400, f"Bad Push Parameters: {bad.reason}") from bad
     if push is not None and push.provider_label not in supported:
         # RFC 8599 §5.6.1: no credentials for this provider, we cannot push to it.
         raise _Reject(555, "Push Notification Service Not Supported")

@@ -109,7 +109,7 @@ class Headers:
         index: dict[str, list[str]] | None = None,
     ) -> Headers:
         # Used by the parser, which has already validated and canonicalised names.
-        obj = cls.__new__(cls)
+        obj = cls()  # compiled classes cannot be made with __new__ alone
         obj._items = items
         obj._keys = keys
         obj._index = index

@@ -185,8 +185,8 @@ class StreamParser:
         try:
             while (msg := self._next()) is not None:
                 out.append(msg)
-        except SipParseError as exc:
-            self._error = exc
+        except SipParseError as failed:
+            self._error = failed
             raise
         except Exception as exc:  # any internal failure on bad input is a parse error
             self._error = SipParseError(f"malformed message: {exc!r}")

@@ -24,6 +24,12 @@ _MAX_PORT = 65535
 _STRICT_PARAMS = ("user", "ttl", "method", "maddr", "transport")
 
 
+def _no_text() -> str | None:
+    # A factory rather than `default=None`: compiled dataclasses give init=False
+    # fields only factory defaults.
+    return None
+
+
 @dataclass(frozen=True)
 class SipUri:
     """A parsed URI; unknown schemes keep everything after "scheme:" in ``opaque``."""
@@ -36,7 +42,7 @@ class SipUri:
     params: Params = ()
     headers: tuple[tuple[str, str], ...] = ()
     opaque: str | None = None
-    _text: str | None = field(default=None, init=False, repr=False, compare=False, hash=False)
+    _text: str | None = field(default_factory=_no_text, init=False, repr=False, compare=False)
 
     def param(self, name: str) -> str | None:
         """Value of URI parameter ``name`` (None if absent or a flag)."""

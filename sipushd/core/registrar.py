@@ -34,6 +34,7 @@ import re
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Final
 
 from sipushd.core.binding import (
     Binding,
@@ -103,7 +104,6 @@ class Removal:
     cause: RemovalCause
 
 
-@dataclass(frozen=True, slots=True)
 class RegisterDecision:
     """The answer to one REGISTER and the binding changes that go with it.
 
@@ -111,13 +111,31 @@ class RegisterDecision:
     `response()`; if that fails, answer 500 instead (RFC 3261 §10.3 step 7).
     """
 
-    status: int
-    reason: str
-    headers: tuple[tuple[str, str], ...] = ()
-    aor: str | None = None
-    upserts: tuple[Binding, ...] = ()
-    removals: tuple[Removal, ...] = ()
-    bindings: tuple[Binding, ...] = ()
+    # A plain class with Final attributes rather than a frozen dataclass: one is built
+    # for every REGISTER, and compiled code builds it without a generated __init__.
+    __slots__ = ("aor", "bindings", "headers", "reason", "removals", "status", "upserts")
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        headers: tuple[tuple[str, str], ...] = (),
+        *,
+        aor: str | None = None,
+        upserts: tuple[Binding, ...] = (),
+        removals: tuple[Removal, ...] = (),
+        bindings: tuple[Binding, ...] = (),
+    ) -> None:
+        self.status: Final = status
+        self.reason: Final = reason
+        self.headers: Final = headers
+        self.aor: Final = aor
+        self.upserts: Final = upserts
+        self.removals: Final = removals
+        self.bindings: Final = bindings
+
+    def __repr__(self) -> str:
+        return f"RegisterDecision({self.status} {self.reason!r}, aor={self.aor!r})"
 
     @property
     def ok(self) -> bool:
@@ -145,28 +163,47 @@ class _Reject(Exception):
         self.decision = RegisterDecision(status, _clean_reason(reason), headers)
 
 
-@dataclass(frozen=True, slots=True)
 class _Wanted:
     """One Contact of the REGISTER, checked."""
 
-    key: str
-    contact: NameAddr
-    expires: int
-    q: float | None
-    instance: str | None
-    reg_id: int | None
-    push: PushTarget | None
-    pnsreg: bool
-    caps: tuple[str, ...]  # provider labels this Contact asks about (RFC 8599 §5.6.1)
+    __slots__ = ("caps", "contact", "expires", "instance", "key", "pnsreg", "push", "q", "reg_id")
+
+    def __init__(
+        self,
+        key: str,
+        contact: NameAddr,
+        expires: int,
+        q: float | None,
+        instance: str | None,
+        reg_id: int | None,
+        push: PushTarget | None,
+        pnsreg: bool,
+        caps: tuple[str, ...],  # provider labels this Contact asks about (RFC 8599 §5.6.1)
+    ) -> None:
+        self.key: Final = key
+        self.contact: Final = contact
+        self.expires: Final = expires
+        self.q: Final = q
+        self.instance: Final = instance
+        self.reg_id: Final = reg_id
+        self.push: Final = push
+        self.pnsreg: Final = pnsreg
+        self.caps: Final = caps
 
 
-@dataclass(frozen=True, slots=True)
 class _Context:
-    request: Request
-    source: Endpoint
-    aor: str
-    now: float
-    supported: frozenset[str]
+    """What every step of one REGISTER's decision needs."""
+
+    __slots__ = ("aor", "now", "request", "source", "supported")
+
+    def __init__(
+        self, request: Request, source: Endpoint, aor: str, now: float, supported: frozenset[str]
+    ) -> None:
+        self.request: Final = request
+        self.source: Final = source
+        self.aor: Final = aor
+        self.now: Final = now
+        self.supported: Final = supported
 
 
 class Registrar:

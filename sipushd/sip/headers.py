@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from typing import Final
 
 from sipushd.sip import _abnf
 from sipushd.sip.errors import SipParseError
@@ -374,13 +375,34 @@ def parse_via(text: str) -> Via:
     )
 
 
-@dataclass(frozen=True)
 class NameAddr:
-    """From/To/Contact/Route-style value: display name, URI and header parameters."""
+    """From/To/Contact/Route-style value: display name, URI and header parameters.
 
-    display_name: str | None
-    uri: SipUri
-    params: Params = ()
+    An immutable value, a plain class for the same reason as `SipUri`.
+    """
+
+    __slots__ = ("display_name", "params", "uri")
+
+    def __init__(self, display_name: str | None, uri: SipUri, params: Params = ()) -> None:
+        self.display_name: Final = display_name
+        self.uri: Final = uri
+        self.params: Final = params
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, NameAddr):
+            return NotImplemented
+        return (self.display_name, self.uri, self.params) == (
+            other.display_name,
+            other.uri,
+            other.params,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.display_name, self.uri, self.params))
+
+    def __repr__(self) -> str:
+        shown = f"display_name={self.display_name!r}, uri={self.uri!r}, params={self.params!r}"
+        return f"NameAddr({shown})"
 
     @property
     def tag(self) -> str | None:
@@ -398,7 +420,7 @@ class NameAddr:
 
     def with_param(self, name: str, value: str | None = None) -> NameAddr:
         """Copy with header parameter ``name`` set (replacing any existing one)."""
-        return replace(self, params=set_param(self.params, name, value))
+        return NameAddr(self.display_name, self.uri, set_param(self.params, name, value))
 
     @property
     def q(self) -> float | None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from typing import Final
 from urllib.parse import quote, unquote
 
 from sipushd.sip import _abnf
@@ -24,25 +24,83 @@ _MAX_PORT = 65535
 _STRICT_PARAMS = ("user", "ttl", "method", "maddr", "transport")
 
 
-def _no_text() -> str | None:
-    # A factory rather than `default=None`: compiled dataclasses give init=False
-    # fields only factory defaults.
-    return None
-
-
-@dataclass(frozen=True)
 class SipUri:
-    """A parsed URI; unknown schemes keep everything after "scheme:" in ``opaque``."""
+    """A parsed URI; unknown schemes keep everything after "scheme:" in ``opaque``.
 
-    scheme: str
-    user: str | None = None
-    password: str | None = None
-    host: str = ""
-    port: int | None = None
-    params: Params = ()
-    headers: tuple[tuple[str, str], ...] = ()
-    opaque: str | None = None
-    _text: str | None = field(default_factory=_no_text, init=False, repr=False, compare=False)
+    An immutable value (equality and hash over every part). A plain class with
+    Final attributes rather than a frozen dataclass: every message builds several,
+    and compiled code builds a plain class about ten times faster.
+    """
+
+    __slots__ = (
+        "_text",
+        "headers",
+        "host",
+        "opaque",
+        "params",
+        "password",
+        "port",
+        "scheme",
+        "user",
+    )
+
+    def __init__(
+        self,
+        scheme: str,
+        user: str | None = None,
+        password: str | None = None,
+        host: str = "",
+        port: int | None = None,
+        params: Params = (),
+        headers: tuple[tuple[str, str], ...] = (),
+        opaque: str | None = None,
+    ) -> None:
+        self.scheme: Final = scheme
+        self.user: Final = user
+        self.password: Final = password
+        self.host: Final = host
+        self.port: Final = port
+        self.params: Final = params
+        self.headers: Final = headers
+        self.opaque: Final = opaque
+        self._text: str | None = None  # str(self), once known; not part of the value
+
+    def _parts(self) -> tuple[object, ...]:
+        return (
+            self.scheme,
+            self.user,
+            self.password,
+            self.host,
+            self.port,
+            self.params,
+            self.headers,
+            self.opaque,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SipUri):
+            return NotImplemented
+        return self._parts() == other._parts()
+
+    def __hash__(self) -> int:
+        return hash(self._parts())
+
+    def __repr__(self) -> str:
+        names = ("scheme", "user", "password", "host", "port", "params", "headers", "opaque")
+        shown = ", ".join(f"{n}={v!r}" for n, v in zip(names, self._parts(), strict=True))
+        return f"SipUri({shown})"
+
+    def _with_params(self, params: Params) -> SipUri:
+        return SipUri(
+            self.scheme,
+            self.user,
+            self.password,
+            self.host,
+            self.port,
+            params,
+            self.headers,
+            self.opaque,
+        )
 
     def param(self, name: str) -> str | None:
         """Value of URI parameter ``name`` (None if absent or a flag)."""
@@ -59,19 +117,19 @@ class SipUri:
 
     def with_param(self, name: str, value: str | None = None) -> SipUri:
         """Copy with parameter ``name`` set to ``value`` (replacing any existing one)."""
-        return replace(self, params=set_param(self.params, name.lower(), value))
+        return self._with_params(set_param(self.params, name.lower(), value))
 
     def with_params(self, **kv: str | None) -> SipUri:
         """Copy with each keyword set as a parameter (use with_param for names with '-')."""
         params = self.params
         for name, value in kv.items():
             params = set_param(params, name.lower(), value)
-        return replace(self, params=params)
+        return self._with_params(params)
 
     def without_param(self, name: str) -> SipUri:
         """Copy without parameter ``name``."""
         name = name.lower()
-        return replace(self, params=tuple(p for p in self.params if p[0] != name))
+        return self._with_params(tuple(p for p in self.params if p[0] != name))
 
     @property
     def host_port(self) -> str:
@@ -128,7 +186,7 @@ class SipUri:
         text = self._text
         if text is None:
             text = _serialise(self)
-            object.__setattr__(self, "_text", text)
+            self._text = text
         return text
 
 
@@ -177,7 +235,7 @@ def _parse_uri_cached(text: str) -> SipUri:
         uri = _parse_tel(rest)
     else:
         uri = SipUri(scheme=scheme, opaque=rest)
-    object.__setattr__(uri, "_text", text)
+    uri._text = text
     return uri
 
 

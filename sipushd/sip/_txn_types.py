@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Final
 
 from sipushd.sip.addr import Endpoint
 from sipushd.sip.message import Request, Response
@@ -38,7 +39,6 @@ class Role(KeyEnum):
     SERVER = "server"
 
 
-@dataclass(frozen=True, slots=True)
 class TransactionKey:
     """Identifies one transaction (RFC 3261 §17.1.3 client, §17.2.3 server).
 
@@ -46,13 +46,59 @@ class TransactionKey:
     `sent_by` is the top Via sent-by, used by server keys only. `legacy` holds the
     RFC 2543 fallback fields (Request-URI, To tag, From tag, Call-ID, CSeq number,
     top Via) of a server transaction whose branch lacks the magic cookie; else ().
+
+    An immutable value that keys the transaction table: a plain class with Final
+    attributes and its hash computed once, since every message looks one up.
     """
 
-    role: Role
-    method: str
-    branch: str
-    sent_by: str = ""
-    legacy: tuple[str, ...] = ()
+    __slots__ = ("_hash", "branch", "legacy", "method", "role", "sent_by")
+
+    def __init__(
+        self,
+        role: Role,
+        method: str,
+        branch: str,
+        sent_by: str = "",
+        legacy: tuple[str, ...] = (),
+    ) -> None:
+        self.role: Final = role
+        self.method: Final = method
+        self.branch: Final = branch
+        self.sent_by: Final = sent_by
+        self.legacy: Final = legacy
+        self._hash: Final = hash((role, method, branch, sent_by, legacy))
+
+    def replace(
+        self, *, method: str | None = None, legacy: tuple[str, ...] | None = None
+    ) -> TransactionKey:
+        """A copy with `method` and/or `legacy` changed."""
+        return TransactionKey(
+            self.role,
+            self.method if method is None else method,
+            self.branch,
+            self.sent_by,
+            self.legacy if legacy is None else legacy,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TransactionKey):
+            return NotImplemented
+        return self._hash == other._hash and (
+            self.role,
+            self.method,
+            self.branch,
+            self.sent_by,
+            self.legacy,
+        ) == (other.role, other.method, other.branch, other.sent_by, other.legacy)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __repr__(self) -> str:
+        return (
+            f"TransactionKey(role={self.role!r}, method={self.method!r}, branch={self.branch!r}, "
+            f"sent_by={self.sent_by!r}, legacy={self.legacy!r})"
+        )
 
     def __str__(self) -> str:
         where = f"@{self.sent_by}" if self.sent_by else ""

@@ -59,8 +59,6 @@ Rules
 
 from __future__ import annotations
 
-import dataclasses
-
 from sipushd.sip._txn_machines import (
     Event,
     InviteClientTransaction,
@@ -260,7 +258,7 @@ class TransactionLayer:
         actions = txn.start(now)
         if request.method == "CANCEL":
             # §9.2: the CANCEL targets the transaction it would match as any other method.
-            invite_key = dataclasses.replace(key, method="INVITE")
+            invite_key = key.replace(method="INVITE")
             found = invite_key if invite_key in self._transactions else None
             actions.append(DeliverCancel(request, source, key, found))
         else:
@@ -283,7 +281,7 @@ class TransactionLayer:
         to_tag = key.legacy[_LEGACY_TO_TAG]
         untagged = list(key.legacy)
         untagged[_LEGACY_TO_TAG] = ""
-        for candidate in (key, dataclasses.replace(key, legacy=tuple(untagged))):
+        for candidate in (key, key.replace(legacy=tuple(untagged))):
             txn = self._transactions.get(candidate)
             last = None if txn is None else txn.last_response
             if last is not None and (last.to.tag or "") == to_tag:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from dataclasses import fields, replace
+from typing import Any, Final
 
 from sipushd.core.pushparams import PushTarget
 from sipushd.sip import Endpoint, SipUri
@@ -33,31 +33,96 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+_FIELDS = (
+    "aor",
+    "key",
+    "contact",
+    "expires_at",
+    "call_id",
+    "cseq",
+    "flow",
+    "registered_at",
+    "updated_at",
+    "instance",
+    "reg_id",
+    "q",
+    "path",
+    "push",
+    "pnsreg",
+    "user_agent",
+)
+
+
 class Binding:
-    """One registered Contact of an AOR, as the registrar stored it."""
+    """One registered Contact of an AOR, as the registrar stored it.
 
-    aor: str
-    key: str
-    contact: str
-    expires_at: float
-    call_id: str
-    cseq: int
-    flow: Endpoint
-    registered_at: float
-    updated_at: float
-    instance: str | None = None
-    reg_id: int | None = None
-    q: float | None = None
-    path: tuple[str, ...] = ()
-    push: PushTarget | None = None
-    pnsreg: bool = False
-    user_agent: str | None = None
-    tokens: frozenset[str] = field(init=False, repr=False, compare=False)
+    An immutable value (equality and hash over every field but the derived
+    `tokens`). A plain class with Final attributes rather than a frozen dataclass:
+    every REGISTER builds one, and compiled code builds a plain class natively.
+    """
 
-    def __post_init__(self) -> None:
-        tokens = frozenset(t for _, t in self.push.tokens) if self.push else frozenset()
-        object.__setattr__(self, "tokens", tokens)
+    __slots__ = (*_FIELDS, "tokens")
+
+    def __init__(
+        self,
+        aor: str,
+        key: str,
+        contact: str,
+        expires_at: float,
+        call_id: str,
+        cseq: int,
+        flow: Endpoint,
+        registered_at: float,
+        updated_at: float,
+        instance: str | None = None,
+        reg_id: int | None = None,
+        q: float | None = None,
+        path: tuple[str, ...] = (),
+        push: PushTarget | None = None,
+        pnsreg: bool = False,
+        user_agent: str | None = None,
+    ) -> None:
+        self.aor: Final = aor
+        self.key: Final = key
+        self.contact: Final = contact
+        self.expires_at: Final = expires_at
+        self.call_id: Final = call_id
+        self.cseq: Final = cseq
+        self.flow: Final = flow
+        self.registered_at: Final = registered_at
+        self.updated_at: Final = updated_at
+        self.instance: Final = instance
+        self.reg_id: Final = reg_id
+        self.q: Final = q
+        self.path: Final = path
+        self.push: Final = push
+        self.pnsreg: Final = pnsreg
+        self.user_agent: Final = user_agent
+        self.tokens: Final = frozenset(t for _, t in push.tokens) if push else frozenset()
+
+    def replace(self, **changes: Any) -> Binding:
+        """A copy with the given fields changed (as `dataclasses.replace` would)."""
+        unknown = changes.keys() - set(_FIELDS)
+        if unknown:
+            raise TypeError(f"Binding has no field {sorted(unknown)[0]!r}")
+        values = {name: getattr(self, name) for name in _FIELDS}
+        values.update(changes)
+        return Binding(**values)
+
+    def _parts(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in _FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Binding):
+            return NotImplemented
+        return self._parts() == other._parts()
+
+    def __hash__(self) -> int:
+        return hash(self._parts())
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in _FIELDS)
+        return f"Binding({shown})"
 
     def remaining(self, now: float) -> int:
         """Whole seconds until expiry, never negative (the `expires` of a 2xx Contact)."""
@@ -128,7 +193,7 @@ def drop_dead_token(binding: Binding, token: str) -> Binding:
     if binding.push is None or token not in binding.tokens:
         return binding
     left = tuple((service, t) for service, t in binding.push.tokens if t != token)
-    return replace(binding, push=replace(binding.push, tokens=left) if left else None)
+    return binding.replace(push=replace(binding.push, tokens=left) if left else None)
 
 
 _PUSH_FIELDS = tuple(f.name for f in fields(PushTarget))

@@ -21,7 +21,7 @@ connection id that now belongs to another phone.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from sipushd.core.binding import Binding
 from sipushd.core.proxy import (
@@ -84,13 +84,13 @@ class ClusterPaths:
         the Path in order; this node stands nearest the shared location service.
         """
         rest = self.own(binding).path
-        return replace(binding, path=(self.entry(binding.flow), *rest))
+        return binding.replace(path=(self.entry(binding.flow), *rest))
 
     def own(self, binding: Binding) -> Binding:
         """`binding` as this node routes it: without our Path entry, if it leads the Path."""
         if not binding.path or not self._leads_here(binding.path[0]):
             return binding
-        return replace(binding, path=binding.path[1:])
+        return binding.replace(path=binding.path[1:])
 
     def hop(self, request: Request) -> PathHop | None:
         """The flow an out-of-dialog request routed through our Path entry goes to, else None.

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Collection, Coroutine
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
@@ -259,7 +259,7 @@ class ProxyCore:
             return binding
         if (known.transport, known.host, known.port) != (flow.transport, flow.host, flow.port):
             return binding
-        return replace(binding, flow=known)
+        return binding.replace(flow=known)
 
     def _context(self, request: Request, source: Endpoint, key: TransactionKey) -> ForwardContext:
         context = ForwardContext(

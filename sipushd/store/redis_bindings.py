@@ -433,7 +433,7 @@ async def _confirmed(pubsub: PubSub) -> bool:
 def _without_flow(binding: Binding) -> Binding:
     if binding.flow.flow is None:
         return binding
-    return replace(binding, flow=replace(binding.flow, flow=None))
+    return binding.replace(flow=replace(binding.flow, flow=None))
 
 
 def _by_aor(bindings: Iterable[Binding]) -> list[Binding]:

@@ -286,7 +286,7 @@ async def test_bindings_survive_a_restart(
         # Flow ids name connections of the old process: they do not survive it.
         expected_flow = Endpoint("tls", "2001:db8::1", 5061, None)
         expected_push = dataclasses.replace(APNS, tokens=(("voip", "tok-voip"),))
-        assert found == [dataclasses.replace(full, flow=expected_flow, push=expected_push), bare]
+        assert found == [full.replace(flow=expected_flow, push=expected_push), bare]
         assert [b.key for b in await second.with_token("tok-voip", NOW)] == [UUID1]
         assert await second.with_token("tok-remote", NOW) == []
     finally:

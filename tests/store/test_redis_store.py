@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -92,7 +91,7 @@ async def test_a_node_keeps_its_own_flow_ids_and_drops_the_others(
     (mine,) = await a.get(AOR, NOW)
     (theirs,) = await b.get(AOR, NOW)
     assert mine.flow.flow == 7
-    assert theirs == dataclasses.replace(mine, flow=Endpoint("tcp", "192.0.2.10", 40000, None))
+    assert theirs == mine.replace(flow=Endpoint("tcp", "192.0.2.10", 40000, None))
     # B drops the dead token; A still knows the flow it wrote.
     (updated,) = await b.remove_token("tok-fcm")
     assert updated.flow.flow is None and updated.push is None
@@ -133,7 +132,7 @@ async def test_one_node_wins_each_refresh_claim(
     assert sorted(claims) == [False, True]
     assert not await a.claim_refresh(phone, NOW + 10), "claimed until it expires"
     # The refreshed binding (a new expiry) is a new version to push.
-    renewed = dataclasses.replace(phone, expires_at=NOW + 7200)
+    renewed = phone.replace(expires_at=NOW + 7200)
     assert await b.claim_refresh(renewed, NOW + 10)
 
 

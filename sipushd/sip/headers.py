@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Final
 
@@ -322,14 +322,38 @@ def _flag_param(params: Params, name: str) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
 class Via:
-    """One Via value (RFC 3261 §20.42); ``transport`` is upper case."""
+    """One Via value (RFC 3261 §20.42); ``transport`` is upper case.
 
-    transport: str
-    host: str
-    port: int | None = None
-    params: Params = ()
+    An immutable value, a plain class for the same reason as `SipUri`.
+    """
+
+    __slots__ = ("host", "params", "port", "transport")
+
+    def __init__(
+        self, transport: str, host: str, port: int | None = None, params: Params = ()
+    ) -> None:
+        self.transport: Final = transport
+        self.host: Final = host
+        self.port: Final = port
+        self.params: Final = params
+
+    def _parts(self) -> tuple[object, ...]:
+        return (self.transport, self.host, self.port, self.params)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Via):
+            return NotImplemented
+        return self._parts() == other._parts()
+
+    def __hash__(self) -> int:
+        return hash(self._parts())
+
+    def __repr__(self) -> str:
+        return (
+            f"Via(transport={self.transport!r}, host={self.host!r}, port={self.port!r}, "
+            f"params={self.params!r})"
+        )
 
     @property
     def branch(self) -> str | None:
@@ -352,7 +376,7 @@ class Via:
 
     def with_param(self, name: str, value: str | None = None) -> Via:
         """Copy with parameter ``name`` set (replacing any existing one)."""
-        return replace(self, params=set_param(self.params, name, value))
+        return Via(self.transport, self.host, self.port, set_param(self.params, name, value))
 
     def __str__(self) -> str:
         port = "" if self.port is None else f":{self.port}"
@@ -516,12 +540,25 @@ def parse_contact_field(text: str) -> tuple[NameAddr, ...] | None:
     return contacts
 
 
-@dataclass(frozen=True)
 class CSeq:
-    """CSeq value (RFC 3261 §20.16)."""
+    """CSeq value (RFC 3261 §20.16); an immutable value, a plain class like `SipUri`."""
 
-    seq: int
-    method: str
+    __slots__ = ("method", "seq")
+
+    def __init__(self, seq: int, method: str) -> None:
+        self.seq: Final = seq
+        self.method: Final = method
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CSeq):
+            return NotImplemented
+        return (self.seq, self.method) == (other.seq, other.method)
+
+    def __hash__(self) -> int:
+        return hash((self.seq, self.method))
+
+    def __repr__(self) -> str:
+        return f"CSeq(seq={self.seq!r}, method={self.method!r})"
 
     def __str__(self) -> str:
         return f"{self.seq} {self.method}"

@@ -8,10 +8,8 @@ from ``headers`` and ``to_bytes`` always writes the correct one (§20.14).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Self, cast
+from typing import Any, ClassVar, Final, Self, cast
 
 from sipushd.sip import _abnf
 from sipushd.sip.errors import SipParseError
@@ -41,9 +39,10 @@ _MISSING = object()
 class _Message:
     """Typed accessors shared by Request and Response."""
 
+    _FIELDS: ClassVar[tuple[str, ...]]
     headers: Headers
     body: bytes
-    _cache: dict[str, object]
+    _cache: dict[str, object]  # parsed headers and the wire form; not part of the value
 
     def _uint(self, key: str) -> int | None:
         """An optional scalar header (lowercase `key`), parsed once."""
@@ -72,9 +71,30 @@ class _Message:
     def _name_addrs(self, key: str) -> tuple[NameAddr, ...]:
         return tuple(parse_name_addr(v) for f in self.headers._by_key(key) for v in split_list(f))
 
-    def replace(self, **changes: object) -> Self:
-        """Copy with fields replaced (dataclasses.replace)."""
-        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+    def replace(self, **changes: Any) -> Self:
+        """A copy with the given fields changed (as `dataclasses.replace` would)."""
+        unknown = changes.keys() - set(self._FIELDS)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no field {sorted(unknown)[0]!r}")
+        values = {name: getattr(self, name) for name in self._FIELDS}
+        values.update(changes)
+        return type(self)(**values)
+
+    def _parts(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self._FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, _Message)
+        return self._parts() == other._parts()
+
+    def __hash__(self) -> int:
+        return hash(self._parts())
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._FIELDS)
+        return f"{type(self).__name__}({shown})"
 
     @property
     def vias(self) -> list[Via]:
@@ -244,17 +264,22 @@ class _Message:
         return data
 
 
-@dataclass(frozen=True)
 class Request(_Message):
-    """A SIP request (RFC 3261 §7.1)."""
+    """A SIP request (RFC 3261 §7.1).
 
-    method: str
-    uri: SipUri
-    headers: Headers
-    body: bytes = b""
-    _cache: dict[str, object] = field(
-        default_factory=dict, init=False, repr=False, compare=False, hash=False
-    )
+    An immutable value (equality over method, URI, headers and body); copies with
+    changes come from `replace()`. A plain class rather than a frozen dataclass,
+    like `SipUri`: every message builds one.
+    """
+
+    _FIELDS = ("method", "uri", "headers", "body")
+
+    def __init__(self, method: str, uri: SipUri, headers: Headers, body: bytes = b"") -> None:
+        self.method: Final = method
+        self.uri: Final = uri
+        self.headers = headers
+        self.body = body
+        self._cache = {}
 
     def _start_line(self) -> str:
         return f"{self.method} {self.uri} SIP/2.0"
@@ -266,17 +291,17 @@ class Request(_Message):
         return vias[0].branch if vias else None
 
 
-@dataclass(frozen=True)
 class Response(_Message):
-    """A SIP response (RFC 3261 §7.2)."""
+    """A SIP response (RFC 3261 §7.2); an immutable value like `Request`."""
 
-    status: int
-    reason: str
-    headers: Headers
-    body: bytes = b""
-    _cache: dict[str, object] = field(
-        default_factory=dict, init=False, repr=False, compare=False, hash=False
-    )
+    _FIELDS = ("status", "reason", "headers", "body")
+
+    def __init__(self, status: int, reason: str, headers: Headers, body: bytes = b"") -> None:
+        self.status: Final = status
+        self.reason: Final = reason
+        self.headers = headers
+        self.body = body
+        self._cache = {}
 
     def _start_line(self) -> str:
         return f"SIP/2.0 {self.status} {self.reason}"

@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from sipushd.core.pushparams import PushTarget
 from sipushd.sip import Endpoint, SipUri
+from sipushd.sip.value import Value
 
 __all__ = [
     "Binding",
@@ -53,15 +54,14 @@ _FIELDS = (
 )
 
 
-class Binding:
+class Binding(Value):
     """One registered Contact of an AOR, as the registrar stored it.
 
-    An immutable value (equality and hash over every field but the derived
-    `tokens`). A plain class with Final attributes rather than a frozen dataclass:
-    every REGISTER builds one, and compiled code builds a plain class natively.
+    `tokens` (derived from `push`) takes no part in equality.
     """
 
     __slots__ = (*_FIELDS, "tokens")
+    _FIELDS = _FIELDS
 
     def __init__(
         self,
@@ -99,30 +99,6 @@ class Binding:
         self.pnsreg: Final = pnsreg
         self.user_agent: Final = user_agent
         self.tokens: Final = frozenset(t for _, t in push.tokens) if push else frozenset()
-
-    def replace(self, **changes: Any) -> Binding:
-        """A copy with the given fields changed (as `dataclasses.replace` would)."""
-        unknown = changes.keys() - set(_FIELDS)
-        if unknown:
-            raise TypeError(f"Binding has no field {sorted(unknown)[0]!r}")
-        values = {name: getattr(self, name) for name in _FIELDS}
-        values.update(changes)
-        return Binding(**values)
-
-    def _parts(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in _FIELDS)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Binding):
-            return NotImplemented
-        return self._parts() == other._parts()
-
-    def __hash__(self) -> int:
-        return hash(self._parts())
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in _FIELDS)
-        return f"Binding({shown})"
 
     def remaining(self, now: float) -> int:
         """Whole seconds until expiry, never negative (the `expires` of a 2xx Contact)."""

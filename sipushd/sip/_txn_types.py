@@ -13,6 +13,7 @@ from typing import Final
 
 from sipushd.sip.addr import Endpoint
 from sipushd.sip.message import Request, Response
+from sipushd.sip.value import Value
 
 # RFC 3261 §8.1.1.7: branches of RFC 3261 elements start with this magic cookie.
 MAGIC_COOKIE = "z9hG4bK"
@@ -197,43 +198,56 @@ class TimerConfig:
 # --- inputs (past tense) -------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class MessageReceived:
+class MessageReceived(Value):
     """The transport received `message` from `source`."""
 
-    message: Request | Response
-    source: Endpoint
+    __slots__ = ("message", "source")
+    _FIELDS = ("message", "source")
+
+    def __init__(self, message: Request | Response, source: Endpoint) -> None:
+        self.message: Final = message
+        self.source: Final = source
 
 
-@dataclass(frozen=True, slots=True)
-class RequestSent:
+class RequestSent(Value):
     """The TU starts a client transaction (its z9hG4bK Via is already on top).
 
     An ACK starts no transaction (§17.1.1.3, §13.2.2.4): it is transmitted once.
     """
 
-    request: Request
-    destination: Endpoint
+    __slots__ = ("destination", "request")
+    _FIELDS = ("request", "destination")
+
+    def __init__(self, request: Request, destination: Endpoint) -> None:
+        self.request: Final = request
+        self.destination: Final = destination
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseSent:
+class ResponseSent(Value):
     """The TU answers the server transaction `key`."""
 
-    response: Response
-    key: TransactionKey
+    __slots__ = ("key", "response")
+    _FIELDS = ("response", "key")
+
+    def __init__(self, response: Response, key: TransactionKey) -> None:
+        self.response: Final = response
+        self.key: Final = key
 
 
-@dataclass(frozen=True, slots=True)
-class TimerFired:
+class TimerFired(Value):
     """The caller's single timer (armed at `next_deadline()`) went off."""
 
+    __slots__ = ()
 
-@dataclass(frozen=True, slots=True)
-class TransportFailed:
+
+class TransportFailed(Value):
     """Sending a message of transaction `key` failed (§17.1.1.2, §17.2.1, §17.2.2)."""
 
-    key: TransactionKey
+    __slots__ = ("key",)
+    _FIELDS = ("key",)
+
+    def __init__(self, key: TransactionKey) -> None:
+        self.key: Final = key
 
 
 Input = MessageReceived | RequestSent | ResponseSent | TimerFired | TransportFailed
@@ -242,82 +256,117 @@ Input = MessageReceived | RequestSent | ResponseSent | TimerFired | TransportFai
 # --- actions (imperative) ------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Transmit:
+class Transmit(Value):
     """Send `message` to `destination`; `key` is the transaction it belongs to, if any."""
 
-    message: Request | Response
-    destination: Endpoint
-    key: TransactionKey | None = None
+    __slots__ = ("destination", "key", "message")
+    _FIELDS = ("message", "destination", "key")
+
+    def __init__(
+        self, message: Request | Response, destination: Endpoint, key: TransactionKey | None = None
+    ) -> None:
+        self.message: Final = message
+        self.destination: Final = destination
+        self.key: Final = key
 
 
-@dataclass(frozen=True, slots=True)
-class DeliverRequest:
+class DeliverRequest(Value):
     """A new server transaction `key` was created for `request`: the TU must answer it."""
 
-    request: Request
-    source: Endpoint
-    key: TransactionKey
+    __slots__ = ("key", "request", "source")
+    _FIELDS = ("request", "source", "key")
+
+    def __init__(self, request: Request, source: Endpoint, key: TransactionKey) -> None:
+        self.request: Final = request
+        self.source: Final = source
+        self.key: Final = key
 
 
-@dataclass(frozen=True, slots=True)
-class DeliverCancel:
+class DeliverCancel(Value):
     """A CANCEL opened server transaction `key`; `invite_key` is the INVITE server
     transaction it matches (§9.2), in any state, or None. The TU answers the CANCEL
     (200; 481 or a stateless forward when None) and the INVITE 487 if
     `layer.state(invite_key)` is still Proceeding."""
 
-    cancel: Request
-    source: Endpoint
-    key: TransactionKey
-    invite_key: TransactionKey | None
+    __slots__ = ("cancel", "invite_key", "key", "source")
+    _FIELDS = ("cancel", "source", "key", "invite_key")
+
+    def __init__(
+        self,
+        cancel: Request,
+        source: Endpoint,
+        key: TransactionKey,
+        invite_key: TransactionKey | None,
+    ) -> None:
+        self.cancel: Final = cancel
+        self.source: Final = source
+        self.key: Final = key
+        self.invite_key: Final = invite_key
 
 
-@dataclass(frozen=True, slots=True)
-class DeliverAck:
+class DeliverAck(Value):
     """An ACK that belongs to no INVITE server transaction (ACK for a 2xx, §17.2.3):
     the TU handles or forwards it end to end."""
 
-    request: Request
-    source: Endpoint
+    __slots__ = ("request", "source")
+    _FIELDS = ("request", "source")
+
+    def __init__(self, request: Request, source: Endpoint) -> None:
+        self.request: Final = request
+        self.source: Final = source
 
 
-@dataclass(frozen=True, slots=True)
-class DeliverResponse:
+class DeliverResponse(Value):
     """A response for the client transaction `key` that the TU must see."""
 
-    response: Response
-    key: TransactionKey
+    __slots__ = ("key", "response")
+    _FIELDS = ("response", "key")
+
+    def __init__(self, response: Response, key: TransactionKey) -> None:
+        self.response: Final = response
+        self.key: Final = key
 
 
-@dataclass(frozen=True, slots=True)
-class StrayResponse:
+class StrayResponse(Value):
     """A response matching no client transaction (§17.1.3); a proxy forwards it
     statelessly (§16.7), a UA drops it."""
 
-    response: Response
-    source: Endpoint
+    __slots__ = ("response", "source")
+    _FIELDS = ("response", "source")
+
+    def __init__(self, response: Response, source: Endpoint) -> None:
+        self.response: Final = response
+        self.source: Final = source
 
 
-@dataclass(frozen=True, slots=True)
-class TransactionTimedOut:
+class TransactionTimedOut(Value):
     """Timer B/F: the client TU acts as on a 408 (§8.1.3.1); timer H: the ACK never came."""
 
-    key: TransactionKey
+    __slots__ = ("key",)
+    _FIELDS = ("key",)
+
+    def __init__(self, key: TransactionKey) -> None:
+        self.key: Final = key
 
 
-@dataclass(frozen=True, slots=True)
-class TransactionFailed:
+class TransactionFailed(Value):
     """A transport error ended transaction `key`: the client TU acts as on a 503 (§8.1.3.1)."""
 
-    key: TransactionKey
+    __slots__ = ("key",)
+    _FIELDS = ("key",)
+
+    def __init__(self, key: TransactionKey) -> None:
+        self.key: Final = key
 
 
-@dataclass(frozen=True, slots=True)
-class TransactionTerminated:
+class TransactionTerminated(Value):
     """Transaction `key` reached Terminated and was removed; forget the key."""
 
-    key: TransactionKey
+    __slots__ = ("key",)
+    _FIELDS = ("key",)
+
+    def __init__(self, key: TransactionKey) -> None:
+        self.key: Final = key
 
 
 Action = (

@@ -17,6 +17,7 @@ from typing import Final
 from sipushd.sip import _abnf
 from sipushd.sip.errors import SipParseError
 from sipushd.sip.uri import Params, SipUri, parse_port, parse_uri, set_param
+from sipushd.sip.value import Value
 
 MAX_UINT32 = 2**32 - 1
 
@@ -322,13 +323,11 @@ def _flag_param(params: Params, name: str) -> str | None:
     return None
 
 
-class Via:
-    """One Via value (RFC 3261 §20.42); ``transport`` is upper case.
-
-    An immutable value, a plain class for the same reason as `SipUri`.
-    """
+class Via(Value):
+    """One Via value (RFC 3261 §20.42); ``transport`` is upper case."""
 
     __slots__ = ("host", "params", "port", "transport")
+    _FIELDS = ("transport", "host", "port", "params")
 
     def __init__(
         self, transport: str, host: str, port: int | None = None, params: Params = ()
@@ -337,23 +336,6 @@ class Via:
         self.host: Final = host
         self.port: Final = port
         self.params: Final = params
-
-    def _parts(self) -> tuple[object, ...]:
-        return (self.transport, self.host, self.port, self.params)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Via):
-            return NotImplemented
-        return self._parts() == other._parts()
-
-    def __hash__(self) -> int:
-        return hash(self._parts())
-
-    def __repr__(self) -> str:
-        return (
-            f"Via(transport={self.transport!r}, host={self.host!r}, port={self.port!r}, "
-            f"params={self.params!r})"
-        )
 
     @property
     def branch(self) -> str | None:
@@ -376,7 +358,7 @@ class Via:
 
     def with_param(self, name: str, value: str | None = None) -> Via:
         """Copy with parameter ``name`` set (replacing any existing one)."""
-        return Via(self.transport, self.host, self.port, set_param(self.params, name, value))
+        return self.replace(params=set_param(self.params, name, value))
 
     def __str__(self) -> str:
         port = "" if self.port is None else f":{self.port}"
@@ -399,34 +381,16 @@ def parse_via(text: str) -> Via:
     )
 
 
-class NameAddr:
-    """From/To/Contact/Route-style value: display name, URI and header parameters.
-
-    An immutable value, a plain class for the same reason as `SipUri`.
-    """
+class NameAddr(Value):
+    """From/To/Contact/Route-style value: display name, URI and header parameters."""
 
     __slots__ = ("display_name", "params", "uri")
+    _FIELDS = ("display_name", "uri", "params")
 
     def __init__(self, display_name: str | None, uri: SipUri, params: Params = ()) -> None:
         self.display_name: Final = display_name
         self.uri: Final = uri
         self.params: Final = params
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, NameAddr):
-            return NotImplemented
-        return (self.display_name, self.uri, self.params) == (
-            other.display_name,
-            other.uri,
-            other.params,
-        )
-
-    def __hash__(self) -> int:
-        return hash((self.display_name, self.uri, self.params))
-
-    def __repr__(self) -> str:
-        shown = f"display_name={self.display_name!r}, uri={self.uri!r}, params={self.params!r}"
-        return f"NameAddr({shown})"
 
     @property
     def tag(self) -> str | None:
@@ -444,7 +408,7 @@ class NameAddr:
 
     def with_param(self, name: str, value: str | None = None) -> NameAddr:
         """Copy with header parameter ``name`` set (replacing any existing one)."""
-        return NameAddr(self.display_name, self.uri, set_param(self.params, name, value))
+        return self.replace(params=set_param(self.params, name, value))
 
     @property
     def q(self) -> float | None:
@@ -540,25 +504,15 @@ def parse_contact_field(text: str) -> tuple[NameAddr, ...] | None:
     return contacts
 
 
-class CSeq:
-    """CSeq value (RFC 3261 §20.16); an immutable value, a plain class like `SipUri`."""
+class CSeq(Value):
+    """CSeq value (RFC 3261 §20.16)."""
 
     __slots__ = ("method", "seq")
+    _FIELDS = ("seq", "method")
 
     def __init__(self, seq: int, method: str) -> None:
         self.seq: Final = seq
         self.method: Final = method
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, CSeq):
-            return NotImplemented
-        return (self.seq, self.method) == (other.seq, other.method)
-
-    def __hash__(self) -> int:
-        return hash((self.seq, self.method))
-
-    def __repr__(self) -> str:
-        return f"CSeq(seq={self.seq!r}, method={self.method!r})"
 
     def __str__(self) -> str:
         return f"{self.seq} {self.method}"

@@ -9,7 +9,7 @@ from ``headers`` and ``to_bytes`` always writes the correct one (§20.14).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, ClassVar, Final, Self, cast
+from typing import Final, cast
 
 from sipushd.sip import _abnf
 from sipushd.sip.errors import SipParseError
@@ -32,14 +32,14 @@ from sipushd.sip.headers import (
 )
 from sipushd.sip.status import reason_phrase
 from sipushd.sip.uri import SipUri
+from sipushd.sip.value import Value
 
 _MISSING = object()
 
 
-class _Message:
+class _Message(Value):
     """Typed accessors shared by Request and Response."""
 
-    _FIELDS: ClassVar[tuple[str, ...]]
     headers: Headers
     body: bytes
     _cache: dict[str, object]  # parsed headers and the wire form; not part of the value
@@ -70,31 +70,6 @@ class _Message:
 
     def _name_addrs(self, key: str) -> tuple[NameAddr, ...]:
         return tuple(parse_name_addr(v) for f in self.headers._by_key(key) for v in split_list(f))
-
-    def replace(self, **changes: Any) -> Self:
-        """A copy with the given fields changed (as `dataclasses.replace` would)."""
-        unknown = changes.keys() - set(self._FIELDS)
-        if unknown:
-            raise TypeError(f"{type(self).__name__} has no field {sorted(unknown)[0]!r}")
-        values = {name: getattr(self, name) for name in self._FIELDS}
-        values.update(changes)
-        return type(self)(**values)
-
-    def _parts(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in self._FIELDS)
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        assert isinstance(other, _Message)
-        return self._parts() == other._parts()
-
-    def __hash__(self) -> int:
-        return hash(self._parts())
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._FIELDS)
-        return f"{type(self).__name__}({shown})"
 
     @property
     def vias(self) -> list[Via]:
@@ -265,12 +240,7 @@ class _Message:
 
 
 class Request(_Message):
-    """A SIP request (RFC 3261 §7.1).
-
-    An immutable value (equality over method, URI, headers and body); copies with
-    changes come from `replace()`. A plain class rather than a frozen dataclass,
-    like `SipUri`: every message builds one.
-    """
+    """A SIP request (RFC 3261 §7.1)."""
 
     _FIELDS = ("method", "uri", "headers", "body")
 
@@ -292,7 +262,7 @@ class Request(_Message):
 
 
 class Response(_Message):
-    """A SIP response (RFC 3261 §7.2); an immutable value like `Request`."""
+    """A SIP response (RFC 3261 §7.2)."""
 
     _FIELDS = ("status", "reason", "headers", "body")
 

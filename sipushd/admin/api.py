@@ -41,6 +41,7 @@ from sipushd.logs import TOKEN_KEYS, redact_token
 from sipushd.push.dispatcher import Dispatcher
 from sipushd.pushtest import PUSH_TYPES
 from sipushd.sip import Endpoint, SipParseError, parse_uri
+from sipushd.sip.value import Value
 from sipushd.store.base import BindingStore, StoreError
 from sipushd.transport import TransportManager
 
@@ -113,6 +114,8 @@ def jsonable(value: Any, key: str = "") -> Any:
         return redact_token(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    elif isinstance(value, Value):
+        value = value.as_dict()
     if isinstance(value, Mapping):
         return {str(k): jsonable(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import fields, replace
 from typing import Any, Final
 
 from sipushd.core.pushparams import PushTarget
@@ -169,10 +168,10 @@ def drop_dead_token(binding: Binding, token: str) -> Binding:
     if binding.push is None or token not in binding.tokens:
         return binding
     left = tuple((service, t) for service, t in binding.push.tokens if t != token)
-    return binding.replace(push=replace(binding.push, tokens=left) if left else None)
+    return binding.replace(push=binding.push.replace(tokens=left) if left else None)
 
 
-_PUSH_FIELDS = tuple(f.name for f in fields(PushTarget))
+_PUSH_FIELDS = PushTarget._FIELDS
 
 
 def push_to_json(push: PushTarget) -> dict[str, Any]:

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import Final
+
+from sipushd.sip.value import Value
 
 __all__ = [
     "PROVIDERS",
@@ -74,15 +76,25 @@ class UnsupportedProviderError(PushParamError):
         self.provider = provider
 
 
-@dataclass(frozen=True)
-class PushTarget:
+class PushTarget(Value):
     """Where to push for one binding: provider, app, and a token per service."""
 
-    provider: str
-    sandbox: bool
-    app_id: str
-    team_id: str | None
-    tokens: tuple[tuple[str, str], ...]
+    __slots__ = ("app_id", "provider", "sandbox", "team_id", "tokens")
+    _FIELDS = ("provider", "sandbox", "app_id", "team_id", "tokens")
+
+    def __init__(
+        self,
+        provider: str,
+        sandbox: bool,
+        app_id: str,
+        team_id: str | None,
+        tokens: tuple[tuple[str, str], ...],
+    ) -> None:
+        self.provider: Final = provider
+        self.sandbox: Final = sandbox
+        self.app_id: Final = app_id
+        self.team_id: Final = team_id
+        self.tokens: Final = tokens
 
     def token(self, service: str) -> str | None:
         """The token for `service` ("voip" or "remote"), or None."""

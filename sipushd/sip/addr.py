@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Final
+
+from sipushd.sip.value import Value
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
+class Endpoint(Value):
     """A transport address; ``flow`` names one stream connection (None: UDP or any)."""
 
-    transport: str
-    host: str
-    port: int
-    flow: int | None = None
+    __slots__ = ("flow", "host", "port", "transport")
+    _FIELDS = ("transport", "host", "port", "flow")
+
+    def __init__(self, transport: str, host: str, port: int, flow: int | None = None) -> None:
+        self.transport: Final = transport
+        self.host: Final = host
+        self.port: Final = port
+        self.flow: Final = flow
 
     @property
     def reliable(self) -> bool:

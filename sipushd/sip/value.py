@@ -30,12 +30,16 @@ class Value:
     def _parts(self) -> tuple[object, ...]:
         return tuple([getattr(self, name) for name in self._FIELDS])
 
+    def as_dict(self) -> dict[str, object]:
+        """The fields by name (as `dataclasses.asdict` would give, one level deep)."""
+        return {name: getattr(self, name) for name in self._FIELDS}
+
     def replace(self, **changes: Any) -> Self:
         """A copy with the given fields changed (as `dataclasses.replace` would)."""
         unknown = changes.keys() - set(self._FIELDS)
         if unknown:
             raise TypeError(f"{type(self).__name__} has no field {sorted(unknown)[0]!r}")
-        values = {name: getattr(self, name) for name in self._FIELDS}
+        values = self.as_dict()
         values.update(changes)
         return type(self)(**values)
 

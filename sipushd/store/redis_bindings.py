@@ -50,7 +50,6 @@ import json
 import math
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import replace
 from typing import cast
 
 import redis.asyncio as aioredis
@@ -433,7 +432,7 @@ async def _confirmed(pubsub: PubSub) -> bool:
 def _without_flow(binding: Binding) -> Binding:
     if binding.flow.flow is None:
         return binding
-    return binding.replace(flow=replace(binding.flow, flow=None))
+    return binding.replace(flow=binding.flow.replace(flow=None))
 
 
 def _by_aor(bindings: Iterable[Binding]) -> list[Binding]:

@@ -14,9 +14,11 @@ import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
+from sipushd.admin.api import jsonable
 from sipushd.app import Daemon
 from sipushd.config import Config
-from sipushd.sip import Response
+from sipushd.core.pushparams import PushTarget
+from sipushd.sip import Endpoint, Response
 from sipushd.store.base import StoreError
 from sipushd.testing.ua import SipClient
 
@@ -447,3 +449,16 @@ async def test_bad_requests_are_refused_and_the_server_keeps_serving(
     assert answer.startswith(b"HTTP/1.1 " + status + b" ")
     assert b"Connection: close" in answer
     assert (await client.get("/health")).status_code == 200
+
+
+def test_jsonable_shows_value_objects_field_by_field_with_tokens_redacted() -> None:
+    assert jsonable(Endpoint("tcp", "192.0.2.1", 5061, 7)) == {
+        "transport": "tcp",
+        "host": "192.0.2.1",
+        "port": 5061,
+        "flow": 7,
+    }
+    token = "0123456789abcdef" * 4
+    shown = jsonable(PushTarget("apns", False, "org.example.app", "ABCD1234", (("voip", token),)))
+    assert shown["app_id"] == "org.example.app"
+    assert token not in str(shown)

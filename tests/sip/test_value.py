@@ -55,3 +55,12 @@ def test_actions_compare_by_value() -> None:
     there = Endpoint("udp", "192.0.2.1", 5060)
     assert Transmit(response, there, key) == Transmit(response, there, key.replace())
     assert Transmit(response, there, key) != Transmit(response, there, None)
+
+
+def test_as_dict_gives_the_fields_by_name() -> None:
+    assert Endpoint("tcp", "192.0.2.1", 5061, 7).as_dict() == {
+        "transport": "tcp",
+        "host": "192.0.2.1",
+        "port": 5061,
+        "flow": 7,
+    }

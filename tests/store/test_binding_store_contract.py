@@ -9,7 +9,6 @@ second time must see what the first store wrote if the backend is persistent.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -285,7 +284,7 @@ async def test_bindings_survive_a_restart(
         found = await second.get(AOR, NOW)
         # Flow ids name connections of the old process: they do not survive it.
         expected_flow = Endpoint("tls", "2001:db8::1", 5061, None)
-        expected_push = dataclasses.replace(APNS, tokens=(("voip", "tok-voip"),))
+        expected_push = APNS.replace(tokens=(("voip", "tok-voip"),))
         assert found == [full.replace(flow=expected_flow, push=expected_push), bare]
         assert [b.key for b in await second.with_token("tok-voip", NOW)] == [UUID1]
         assert await second.with_token("tok-remote", NOW) == []

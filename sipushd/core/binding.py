@@ -33,34 +33,31 @@ __all__ = [
 ]
 
 
-_FIELDS = (
-    "aor",
-    "key",
-    "contact",
-    "expires_at",
-    "call_id",
-    "cseq",
-    "flow",
-    "registered_at",
-    "updated_at",
-    "instance",
-    "reg_id",
-    "q",
-    "path",
-    "push",
-    "pnsreg",
-    "user_agent",
-)
-
-
 class Binding(Value):
     """One registered Contact of an AOR, as the registrar stored it.
 
     `tokens` (derived from `push`) takes no part in equality.
     """
 
+    _FIELDS = (
+        "aor",
+        "key",
+        "contact",
+        "expires_at",
+        "call_id",
+        "cseq",
+        "flow",
+        "registered_at",
+        "updated_at",
+        "instance",
+        "reg_id",
+        "q",
+        "path",
+        "push",
+        "pnsreg",
+        "user_agent",
+    )
     __slots__ = (*_FIELDS, "tokens")
-    _FIELDS = _FIELDS
 
     def __init__(
         self,
@@ -171,17 +168,14 @@ def drop_dead_token(binding: Binding, token: str) -> Binding:
     return binding.replace(push=binding.push.replace(tokens=left) if left else None)
 
 
-_PUSH_FIELDS = PushTarget._FIELDS
-
-
 def push_to_json(push: PushTarget) -> dict[str, Any]:
     """A JSON-ready dict of a `PushTarget`."""
-    return {name: _plain(getattr(push, name)) for name in _PUSH_FIELDS}
+    return {name: _plain(value) for name, value in push.as_dict().items()}
 
 
 def push_from_json(data: Mapping[str, Any]) -> PushTarget:
     """Rebuild a `PushTarget` written by `push_to_json`."""
-    return PushTarget(**{k: _frozen(v) for k, v in data.items() if k in _PUSH_FIELDS})
+    return PushTarget(**{k: _frozen(v) for k, v in data.items() if k in PushTarget._FIELDS})
 
 
 def binding_to_json(binding: Binding) -> dict[str, Any]:

@@ -40,7 +40,7 @@ class Role(KeyEnum):
     SERVER = "server"
 
 
-class TransactionKey:
+class TransactionKey(Value):
     """Identifies one transaction (RFC 3261 §17.1.3 client, §17.2.3 server).
 
     `method` is the transaction's method (an ACK is matched with method INVITE).
@@ -48,11 +48,11 @@ class TransactionKey:
     RFC 2543 fallback fields (Request-URI, To tag, From tag, Call-ID, CSeq number,
     top Via) of a server transaction whose branch lacks the magic cookie; else ().
 
-    An immutable value that keys the transaction table: a plain class with Final
-    attributes and its hash computed once, since every message looks one up.
+    It keys the transaction table, so its hash is computed once.
     """
 
     __slots__ = ("_hash", "branch", "legacy", "method", "role", "sent_by")
+    _FIELDS = ("role", "method", "branch", "sent_by", "legacy")
 
     def __init__(
         self,
@@ -69,37 +69,13 @@ class TransactionKey:
         self.legacy: Final = legacy
         self._hash: Final = hash((role, method, branch, sent_by, legacy))
 
-    def replace(
-        self, *, method: str | None = None, legacy: tuple[str, ...] | None = None
-    ) -> TransactionKey:
-        """A copy with `method` and/or `legacy` changed."""
-        return TransactionKey(
-            self.role,
-            self.method if method is None else method,
-            self.branch,
-            self.sent_by,
-            self.legacy if legacy is None else legacy,
-        )
-
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, TransactionKey):
             return NotImplemented
-        return self._hash == other._hash and (
-            self.role,
-            self.method,
-            self.branch,
-            self.sent_by,
-            self.legacy,
-        ) == (other.role, other.method, other.branch, other.sent_by, other.legacy)
+        return self._hash == other._hash and self._parts() == other._parts()
 
     def __hash__(self) -> int:
         return self._hash
-
-    def __repr__(self) -> str:
-        return (
-            f"TransactionKey(role={self.role!r}, method={self.method!r}, branch={self.branch!r}, "
-            f"sent_by={self.sent_by!r}, legacy={self.legacy!r})"
-        )
 
     def __str__(self) -> str:
         where = f"@{self.sent_by}" if self.sent_by else ""

@@ -11,22 +11,15 @@ Everything else about the package is in pyproject.toml.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from setuptools import setup
 
 ROOT = Path(__file__).resolve().parent
-COMPILED_PACKAGES = ("sipushd/sip", "sipushd/core")
+sys.path.insert(0, str(ROOT))
 
-
-def compiled_sources() -> list[str]:
-    """The modules compiled by mypyc, relative to the project root."""
-    return sorted(
-        path.relative_to(ROOT).as_posix()
-        for package in COMPILED_PACKAGES
-        for path in (ROOT / package).glob("*.py")
-    )
-
+from sipushd.native import compiled_sources  # noqa: E402  (standard library only)
 
 if os.environ.get("SIPUSHD_PURE") == "1":
     setup()
@@ -34,4 +27,5 @@ else:
     from mypyc.build import mypycify
 
     os.chdir(ROOT)  # mypyc resolves module names from the working directory
-    setup(ext_modules=mypycify(compiled_sources(), opt_level="3", strip_asserts=False))
+    sources = [path.relative_to(ROOT).as_posix() for path in compiled_sources()]
+    setup(ext_modules=mypycify(sources, opt_level="3", strip_asserts=False))

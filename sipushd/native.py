@@ -12,10 +12,15 @@ from __future__ import annotations
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
-__all__ = ["COMPILED_PACKAGES", "compiled_modules", "stale_modules"]
+__all__ = ["COMPILED_PACKAGES", "compiled_modules", "compiled_sources", "stale_modules"]
 
 COMPILED_PACKAGES = ("sipushd.sip", "sipushd.core")
 _ROOT = Path(__file__).resolve().parent.parent
+
+
+def compiled_sources() -> list[Path]:
+    """The source files the build compiles (setup.py reads this list)."""
+    return [source for _, source in _sources()]
 
 
 def _sources() -> list[tuple[str, Path]]:

@@ -1,7 +1,8 @@
 """SIP requests and responses (RFC 3261 §7) with cached typed header accessors.
 
-Messages are frozen. Typed accessors parse on first use and cache the result
-in a private field that takes no part in equality; a malformed value raises
+Messages are immutable values (`sipushd.sip.value.Value`). Typed accessors
+parse on first use and cache the result in a private field that takes no part
+in equality; a malformed value raises
 SipParseError. Content-Length is framing, not content: the parser drops it
 from ``headers`` and ``to_bytes`` always writes the correct one (§20.14).
 """

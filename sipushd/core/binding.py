@@ -36,7 +36,7 @@ __all__ = [
 class Binding(Value):
     """One registered Contact of an AOR, as the registrar stored it.
 
-    `tokens` (derived from `push`) takes no part in equality.
+    `tokens` is derived from `push`.
     """
 
     _FIELDS = (
@@ -57,7 +57,7 @@ class Binding(Value):
         "pnsreg",
         "user_agent",
     )
-    __slots__ = (*_FIELDS, "tokens")
+    __slots__ = _FIELDS
 
     def __init__(
         self,
@@ -94,7 +94,14 @@ class Binding(Value):
         self.push: Final = push
         self.pnsreg: Final = pnsreg
         self.user_agent: Final = user_agent
-        self.tokens: Final = frozenset(t for _, t in push.tokens) if push else frozenset()
+
+    # Computed, not stored: a set per binding would be one more object, for the life of
+    # the binding, for the garbage collector to scan.
+    @property
+    def tokens(self) -> frozenset[str]:
+        """The push tokens, whatever their service."""
+        push = self.push
+        return frozenset([t for _, t in push.tokens]) if push is not None else frozenset()
 
     def remaining(self, now: float) -> int:
         """Whole seconds until expiry, never negative (the `expires` of a 2xx Contact)."""

@@ -22,7 +22,7 @@ from sipushd.core.binding import Binding
 from sipushd.core.registrar import RegisterDecision, Registrar
 from sipushd.runtime.authgate import AuthGate
 from sipushd.runtime.server import ServerCore, new_tag
-from sipushd.sip import Endpoint, Request, SipParseError
+from sipushd.sip import Endpoint, Headers, Request, Response, SipParseError
 from sipushd.sip.transaction import TransactionKey
 from sipushd.store.base import BindingStore, StoreError
 
@@ -144,50 +144,67 @@ class RegistrarService:
             domains=self.domains,
             supported_providers=self.supported_providers,
         )
+        response = decision.response(request, to_tag=new_tag())
         if not (decision.ok and (decision.upserts or decision.removals)):
-            self._answer(pending, decision)
+            self._answer(pending.aor, pending.key, pending.source, decision, response)
             return
+        # Only the answer waits for the commit: under load hundreds of REGISTERs wait for
+        # one, and a parsed request is far more objects for the garbage collector to scan.
+        waiting = _Committing(pending.aor, pending.key, pending.source, decision, response)
         commit = self.store.apply_soon(pending.aor, decision.upserts, decision.removal_keys)
-        commit.add_done_callback(functools.partial(self._committed, pending, decision))
+        commit.add_done_callback(functools.partial(self._committed, waiting))
 
-    def _committed(
-        self, pending: _Pending, decision: RegisterDecision, commit: asyncio.Future[None]
-    ) -> None:
+    def _committed(self, waiting: _Committing, commit: asyncio.Future[None]) -> None:
         exc = commit.exception() if not commit.cancelled() else StoreError("commit cancelled")
+        aor, response = waiting.aor, waiting.response
         if exc is not None:
-            self._store_failed(pending, exc)
+            log.error("binding store failed", aor=aor, error=str(exc))
+            self._fail(waiting.key, response, 500, "Binding Store Unavailable")
+            self._next(aor)
             return
         try:
-            for binding in decision.registered:
+            for binding in waiting.decision.registered:
                 for listener in self.on_registered:
                     try:
                         listener(binding)
                     except Exception:
-                        log.exception("binding listener failed", aor=pending.aor)
-            self._answer(pending, decision)
+                        log.exception("binding listener failed", aor=aor)
+            self._answer(aor, waiting.key, waiting.source, waiting.decision, response)
         except Exception:
-            self._crashed(pending)
+            log.exception("REGISTER failed", aor=aor)
+            self._fail(waiting.key, response, 500, "Server Internal Error")
+            self._next(aor)
 
-    def _answer(self, pending: _Pending, decision: RegisterDecision) -> None:
-        request, source = pending.request, pending.source
-        response = decision.response(request, to_tag=new_tag())
+    def _answer(
+        self,
+        aor: str,
+        key: TransactionKey,
+        source: Endpoint,
+        decision: RegisterDecision,
+        response: Response,
+    ) -> None:
         _count_result(decision.status)
         if decision.ok and _stdlib_log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "registered",
-                aor=pending.aor,
+                aor=aor,
                 bindings=len(decision.bindings),
                 peer=f"{source.transport}:{source.host}:{source.port}",
             )
         elif not decision.ok:
             log.info(
                 "register refused",
-                aor=pending.aor,
+                aor=aor,
                 status=decision.status,
                 reason=decision.reason,
             )
-        self.server.engine.respond(pending.key, response)
-        self._next(pending.aor)
+        self.server.engine.respond(key, response)
+        self._next(aor)
+
+    def _fail(self, key: TransactionKey, prepared: Response, status: int, reason: str) -> None:
+        """Answer `status` instead of the `prepared` response (the request is gone)."""
+        _count_result(status)
+        self.server.engine.respond(key, _instead(prepared, status, reason))
 
     def _store_failed(self, pending: _Pending, exc: BaseException) -> None:
         # §10.3 step 7: the update failed, so the REGISTER fails with 500.
@@ -241,3 +258,25 @@ class _Pending:
     request: Request
     source: Endpoint
     key: TransactionKey
+
+
+@dataclass(frozen=True, slots=True)
+class _Committing:
+    """A decided REGISTER waiting for its bindings to be stored, its answer ready."""
+
+    aor: str
+    key: TransactionKey
+    source: Endpoint
+    decision: RegisterDecision
+    response: Response
+
+
+# The fields a response copies from its request (RFC 3261 §8.2.6.2).
+_COPIED = frozenset({"via", "from", "to", "call-id", "cseq"})
+
+
+def _instead(prepared: Response, status: int, reason: str) -> Response:
+    """A response with `status` in place of `prepared`: its copied fields, none of its own."""
+    fields = prepared.headers
+    kept = tuple(item for key, item in zip(fields.keys(), fields, strict=True) if key in _COPIED)
+    return Response(status, reason, Headers(kept), b"")

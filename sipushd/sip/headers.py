@@ -88,7 +88,9 @@ class Headers:
 
     _items: tuple[tuple[str, str], ...]
     _keys: tuple[str, ...]
-    _index: dict[str, list[str]] | None
+    # Field values by key, as tuples: the garbage collector stops tracking a tuple of
+    # strings, where it would scan a list on every pass while the message lives.
+    _index: dict[str, tuple[str, ...]] | None
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         out: list[tuple[str, str]] = []
@@ -108,7 +110,7 @@ class Headers:
         cls,
         items: tuple[tuple[str, str], ...],
         keys: tuple[str, ...],
-        index: dict[str, list[str]] | None = None,
+        index: dict[str, tuple[str, ...]] | None = None,
     ) -> Headers:
         # Used by the parser, which has already validated and canonicalised names.
         obj = cls()  # compiled classes cannot be made with __new__ alone
@@ -117,19 +119,17 @@ class Headers:
         obj._index = index
         return obj
 
-    def _lookup(self) -> dict[str, list[str]]:
+    def _lookup(self) -> dict[str, tuple[str, ...]]:
         index = self._index
         if index is None:
             index = {}
             for key, (_, value) in zip(self._keys, self._items, strict=True):
-                if key in index:
-                    index[key].append(value)
-                else:
-                    index[key] = [value]
+                found = index.get(key)
+                index[key] = (value,) if found is None else (*found, value)
             self._index = index
         return index
 
-    def _by_key(self, key: str) -> list[str] | tuple[()]:
+    def _by_key(self, key: str) -> tuple[str, ...]:
         # Field values for a lowercase canonical key, without copying.
         return self._lookup().get(key, ())
 

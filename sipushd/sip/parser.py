@@ -74,7 +74,7 @@ def parse_head(head: bytes) -> tuple[str, Headers, int | None]:
         raise SipParseError("bare CR or LF in message head")
     items: list[tuple[str, str]] = []
     keys: list[str] = []
-    index: dict[str, list[str]] = {}
+    index: dict[str, tuple[str, ...]] = {}
     lengths: list[str] = []
     known = NAME_CACHE.get
     for line in lines[1:]:
@@ -88,10 +88,8 @@ def parse_head(head: bytes) -> tuple[str, Headers, int | None]:
             continue
         items.append((display, value))
         keys.append(key)
-        if key in index:
-            index[key].append(value)
-        else:
-            index[key] = [value]
+        found = index.get(key)
+        index[key] = (value,) if found is None else (*found, value)
     length = _content_length(lengths) if lengths else None
     return lines[0], Headers._trusted(tuple(items), tuple(keys), index), length
 

@@ -27,7 +27,9 @@ class BindingIndex:
 
     def __init__(self) -> None:
         self._by_aor: dict[str, dict[str, Binding]] = {}
-        self._by_token: dict[str, set[tuple[str, str]]] = {}
+        # Token -> its holders, nearly always one. Tuples of strings, not sets: the
+        # garbage collector stops tracking them, where it would scan a set every pass.
+        self._by_token: dict[str, tuple[tuple[str, str], ...]] = {}
 
     def get(self, aor: str, now: float) -> list[Binding]:
         """The AOR's live bindings, oldest registration first."""
@@ -53,8 +55,11 @@ class BindingIndex:
         for binding in upserts:
             self._discard(aor, binding.key)
             self._by_aor.setdefault(aor, {})[binding.key] = binding
+            holder = (aor, binding.key)
             for token in binding.tokens:
-                self._by_token.setdefault(token, set()).add((aor, binding.key))
+                holders = self._by_token.get(token, ())
+                if holder not in holders:
+                    self._by_token[token] = (*holders, holder)
 
     def load(self, bindings: Iterable[Binding]) -> None:
         """Add bindings read from durable storage."""
@@ -90,11 +95,14 @@ class BindingIndex:
             del self._by_aor[aor]
         if old is None:
             return
+        holder = (aor, key)
         for token in old.tokens:
-            holders = self._by_token.get(token)
-            if holders is not None:
-                holders.discard((aor, key))
-                if not holders:
+            holders = self._by_token.get(token, ())
+            if holder in holders:
+                rest = tuple(h for h in holders if h != holder)
+                if rest:
+                    self._by_token[token] = rest
+                else:
                     del self._by_token[token]
 
 

@@ -83,6 +83,9 @@ async def test_a_failed_commit_gets_500_and_the_aor_registers_next_time(tmp_path
             failed = await register(ua, [contact(ua)])
             assert failed.status == 500
             assert failed.reason == "Binding Store Unavailable"
+            # The 500 replaces a 200 prepared before the commit: none of the 200's bindings.
+            assert "Contact" not in failed.headers and failed.contacts == []
+            assert failed.to.tag is not None and failed.cseq.method == "REGISTER"
             assert await daemon.store.get(AOR, 0) == []
             # A REGISTER queued behind the failing one is answered too, not left waiting.
             for call_id, user in (("q1", "a1"), ("q2", "a2")):

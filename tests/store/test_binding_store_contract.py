@@ -192,6 +192,21 @@ async def test_token_index_follows_upserts_and_removals(store: BindingStore) -> 
 
 
 @pytest.mark.asyncio
+async def test_token_index_keeps_the_other_holders_of_a_shared_token(store: BindingStore) -> None:
+    users = [f"sip:u{n}@example.org" for n in range(3)]
+    for aor in users:
+        await store.apply(aor, [binding("a", aor, push=APNS)], [])
+    await store.apply(users[1], [binding("a", users[1], push=APNS)], [])  # a refresh
+    holders = await store.with_token("tok-voip", NOW)
+    assert [b.aor for b in holders] == users
+    await store.apply(users[1], [], ["a"])
+    assert [b.aor for b in await store.with_token("tok-voip", NOW)] == [users[0], users[2]]
+    await store.apply(users[0], [binding("a", users[0], push=FCM)], [])  # token changed
+    assert [b.aor for b in await store.with_token("tok-remote", NOW)] == [users[2]]
+    assert [b.aor for b in await store.with_token("tok-fcm", NOW)] == [users[0]]
+
+
+@pytest.mark.asyncio
 async def test_expiring_lists_bindings_due_for_a_refresh_push(store: BindingStore) -> None:
     await store.apply(
         AOR,

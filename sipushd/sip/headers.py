@@ -11,10 +11,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Final
 
 from sipushd.sip import _abnf
+from sipushd.sip._memo import Memo
 from sipushd.sip.errors import SipParseError
 from sipushd.sip.uri import Params, SipUri, parse_port, parse_uri, set_param
 from sipushd.sip.value import Value
@@ -97,7 +97,7 @@ class Headers:
         keys: list[str] = []
         for name, value in items:
             display, key = canonical_name(name)
-            if _abnf.BAD_VALUE_CHARS_RE.search(value):
+            if _abnf.bad_value_chars(value):
                 raise ValueError(f"header {name} value contains CR, LF or NUL")
             out.append((display, value))
             keys.append(key)
@@ -450,15 +450,19 @@ _QVALUE_RE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
 _QUOTED_RE = re.compile(_abnf.QUOTED_STRING)
 
 
+_NAME_ADDRS: Final = Memo[NameAddr](4096)
+_CONTACT_FIELDS: Final = Memo[tuple[NameAddr, ...]](4096)
+
+
 def parse_name_addr(text: str) -> NameAddr:
     """Parse ``name-addr`` or ``addr-spec`` plus header params; raises SipParseError."""
-    return _parse_name_addr_cached(text)
+    found = _NAME_ADDRS.get(text)
+    if found is not None:
+        return found
+    return _NAME_ADDRS.put(text, _parse_name_addr(text))
 
 
-# The result is immutable; To, Contact and Route values repeat across
-# requests (registration refreshes, in-dialog requests), so recent ones are kept.
-@lru_cache(maxsize=4096)
-def _parse_name_addr_cached(text: str) -> NameAddr:
+def _parse_name_addr(text: str) -> NameAddr:
     s = text.strip(" \t")
     display: str | None = None
     if s.startswith('"'):
@@ -491,9 +495,11 @@ def _parse_name_addr_cached(text: str) -> NameAddr:
     return NameAddr(None, parse_uri(s[:semi].rstrip(" \t")), parse_params(s, semi))
 
 
-@lru_cache(maxsize=4096)
 def parse_contact_field(text: str) -> tuple[NameAddr, ...] | None:
     """Parse one Contact field: its values, or None for "*"; raises SipParseError."""
+    found = _CONTACT_FIELDS.get(text)
+    if found is not None:
+        return found
     values = split_list(text)
     if values == ["*"]:
         return None
@@ -501,7 +507,7 @@ def parse_contact_field(text: str) -> tuple[NameAddr, ...] | None:
     for contact in contacts:
         # RFC 3261 §20.10 / RFC 5626 §4: these parameters have a defined syntax.
         _ = contact.q, contact.expires, contact.reg_id
-    return contacts
+    return _CONTACT_FIELDS.put(text, contacts)
 
 
 class CSeq(Value):

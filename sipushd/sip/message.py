@@ -295,7 +295,7 @@ def make_response(
         # An appended parameter is a header parameter in both name-addr and
         # addr-spec form (RFC 3261 §20).
         to = f"{to};tag={to_tag}"
-        if _abnf.BAD_VALUE_CHARS_RE.search(to_tag):
+        if _abnf.bad_value_chars(to_tag):
             raise ValueError("To tag contains CR, LF or NUL")
     # The copied values passed the parser's checks already; only `headers` is new.
     items = [

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from functools import lru_cache
 from typing import Final
 from urllib.parse import quote, unquote
 
 from sipushd.sip import _abnf
+from sipushd.sip._memo import Memo
 from sipushd.sip.errors import SipParseError
 from sipushd.sip.value import Value
 
@@ -168,18 +168,22 @@ def set_param(params: Params, name: str, value: str | None) -> Params:
 
 def parse_uri(text: str) -> SipUri:
     """Parse a URI; raises SipParseError if it is malformed."""
+    found = _URIS.get(text)
+    if found is not None:
+        return found
     try:
-        return _parse_uri_cached(text)
+        return _URIS.put(text, _parse_uri(text))
     except SipParseError:
         raise
     except (ValueError, UnicodeError) as exc:
         raise SipParseError(f"bad URI {text!r}: {exc}") from exc
 
 
-@lru_cache(maxsize=4096)
-def _parse_uri_cached(text: str) -> SipUri:
-    # The result is immutable, so a cache of recent URIs (AORs, the registrar's
-    # own URI) saves work on the hot path.
+# Recent URIs (AORs, the registrar's own URI, Contacts that refresh).
+_URIS: Final = Memo[SipUri](4096)
+
+
+def _parse_uri(text: str) -> SipUri:
     if _abnf.BAD_URI_CHARS_RE.search(text):
         raise SipParseError(f"bad character in URI {text!r}")
     m = _abnf.SCHEME_RE.match(text)

@@ -54,6 +54,9 @@ def test_headers_reject_bad_names_and_values() -> None:
         Headers([("X", "a\r\nInjected: 1")])
     with pytest.raises(ValueError):
         Headers().add("X", "a\nb")
+    for bad in ("a\rb", "a\x00b", "\n"):
+        with pytest.raises(ValueError):
+            Headers([("X", bad)])
 
 
 def test_values_split_respects_quotes_and_angle_brackets() -> None:

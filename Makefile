@@ -8,14 +8,17 @@ DEB_TOOLS := sipp=sip-tester linphonec=linphone-cli redis-server=redis-server sy
 
 .PHONY: run test lint bench venv deb-tools clean
 
-# The SIP stack and the pure core are compiled with mypyc (setup.py) into .so files next
-# to their sources; any change to them rebuilds. SIPUSHD_PURE=1 installs without compiling.
-COMPILED := $(wildcard sipushd/sip/*.py sipushd/core/*.py)
+# The SIP stack, the pure core and the runtime's engine, server core and registrar service
+# are compiled with mypyc (setup.py, sipushd/native.py) into .so files next to their
+# sources; any change to them rebuilds. SIPUSHD_PURE=1 installs without compiling.
+RUNTIME_COMPILED := sipushd/runtime/engine.py sipushd/runtime/registrar.py sipushd/runtime/server.py
+COMPILED := $(wildcard sipushd/sip/*.py sipushd/core/*.py) $(RUNTIME_COMPILED)
+EXTENSIONS := sipushd/sip/*.so sipushd/core/*.so sipushd/runtime/*.so *__mypyc.*.so
 
 $(VENV)/.installed: pyproject.toml setup.py $(COMPILED)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	rm -f sipushd/sip/*.so sipushd/core/*.so *__mypyc.*.so
+	rm -f $(EXTENSIONS)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
@@ -52,4 +55,4 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
-	rm -f sipushd/sip/*.so sipushd/core/*.so *__mypyc.*.so
+	rm -f $(EXTENSIONS)

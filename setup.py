@@ -1,9 +1,10 @@
-"""Build hook: the sans-IO SIP stack and the pure core are compiled with mypyc.
+"""Build hook: the SIP stack, the pure core and the runtime's hot glue are compiled with mypyc.
 
-`sipushd/sip` and `sipushd/core` import only the standard library and each other,
-and pass `mypy --strict`; mypyc turns them into C extensions, which roughly
-halves the interpreter work per SIP message. The Python sources stay the
-reference: set SIPUSHD_PURE=1 to install without compiling.
+`sipushd/sip` and `sipushd/core` import only the standard library and each other;
+the runtime's engine, server core and registrar service add asyncio, structlog and
+the metrics. All pass `mypy --strict`; mypyc turns them into C extensions, which
+roughly halves the interpreter work per SIP message. `sipushd.native` lists them.
+The Python sources stay the reference: set SIPUSHD_PURE=1 to install without compiling.
 
 Everything else about the package is in pyproject.toml.
 """

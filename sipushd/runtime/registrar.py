@@ -13,7 +13,7 @@ import functools
 import logging
 from collections import deque
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from typing import Final
 
 import structlog
 
@@ -250,25 +250,38 @@ class RegistrarService:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-@dataclass(frozen=True, slots=True)
+# Plain classes rather than frozen dataclasses: one of each is built per REGISTER, and
+# compiled code builds a dataclass through its generated Python __init__.
 class _Pending:
     """A REGISTER that passed the checks and waits for its AOR's turn."""
 
-    aor: str
-    request: Request
-    source: Endpoint
-    key: TransactionKey
+    __slots__ = ("aor", "key", "request", "source")
+
+    def __init__(self, aor: str, request: Request, source: Endpoint, key: TransactionKey) -> None:
+        self.aor: Final = aor
+        self.request: Final = request
+        self.source: Final = source
+        self.key: Final = key
 
 
-@dataclass(frozen=True, slots=True)
 class _Committing:
     """A decided REGISTER waiting for its bindings to be stored, its answer ready."""
 
-    aor: str
-    key: TransactionKey
-    source: Endpoint
-    decision: RegisterDecision
-    response: Response
+    __slots__ = ("aor", "decision", "key", "response", "source")
+
+    def __init__(
+        self,
+        aor: str,
+        key: TransactionKey,
+        source: Endpoint,
+        decision: RegisterDecision,
+        response: Response,
+    ) -> None:
+        self.aor: Final = aor
+        self.key: Final = key
+        self.source: Final = source
+        self.decision: Final = decision
+        self.response: Final = response
 
 
 # The fields a response copies from its request (RFC 3261 §8.2.6.2).

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from sipushd.sip import SipParseError, SipUri, parse_uri
+from sipushd.sip import SipParseError, SipUri, _abnf, parse_uri
+from sipushd.sip.uri import _maybe_bad_chars
 
 
 def test_sip_uri_parts() -> None:
@@ -154,3 +157,20 @@ def test_different_uris(a: str, b: str) -> None:
 def test_malformed_uris(text: str) -> None:
     with pytest.raises(SipParseError):
         parse_uri(text)
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0x2FF), max_size=20))
+def test_the_cheap_bad_character_check_never_misses_what_the_regex_finds(text: str) -> None:
+    if _abnf.BAD_URI_CHARS_RE.search(text):
+        assert _maybe_bad_chars(text)
+
+
+def test_scheme_fast_path_and_regex_path_agree() -> None:
+    for text in ("sip:a@example.org", "SIP:a@example.org", "Sip:a@example.org"):
+        assert parse_uri(text).scheme == "sip"
+    for text in ("sips:a@example.org", "SIPS:a@example.org"):
+        assert parse_uri(text).scheme == "sips"
+    assert parse_uri("tel:+1555").scheme == "tel"
+    for bad in ("sip:a b@example.org", "sip:<a>@example.org", 'sip:"a"@x', "sip:a@x\x7f"):
+        with pytest.raises(SipParseError):
+            parse_uri(bad)

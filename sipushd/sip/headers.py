@@ -276,8 +276,9 @@ def quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-# The common form of a parameter run: no whitespace, no quoted values.
-_PLAIN_PARAMS_RE = re.compile(rf'(?:;{_abnf.TOKEN}(?:=[^ \t;,"]+)?)+')
+# The common form of a parameter run: no whitespace outside quotes, and quoted values
+# (`+sip.instance="<urn:uuid:...>"`) without ';' or escapes, so splitting on ';' is exact.
+_PLAIN_PARAMS_RE = re.compile(rf'(?:;{_abnf.TOKEN}(?:=(?:[^ \t;,"]+|"[^"\\;]*"))?)+')
 
 
 def parse_params(text: str, pos: int = 0) -> Params:
@@ -285,12 +286,15 @@ def parse_params(text: str, pos: int = 0) -> Params:
     if pos >= len(text):
         return ()
     if _PLAIN_PARAMS_RE.fullmatch(text, pos) is not None:
-        # Values hold no ';' and names no '=', so splitting is exact.
         plain: list[tuple[str, str | None]] = []
         for item in text[pos + 1 :].split(";"):
             name, eq, value = item.partition("=")
             plain.append((name.lower(), value if eq else None))
         return tuple(plain)
+    return _generic_params(text, pos)
+
+
+def _generic_params(text: str, pos: int) -> Params:
     out: list[tuple[str, str | None]] = []
     end = len(text.rstrip(" \t"))
     match = _abnf.GENERIC_PARAM_RE.match

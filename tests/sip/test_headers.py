@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sipushd.sip import (
     Challenge,
@@ -15,10 +17,12 @@ from sipushd.sip import (
     parse_uri,
 )
 from sipushd.sip.headers import (
+    _generic_params,
     parse_challenge,
     parse_credentials,
     parse_cseq,
     parse_name_addr,
+    parse_params,
     parse_via,
     split_list,
 )
@@ -208,3 +212,20 @@ def test_credentials_and_challenge() -> None:
     for bad in ("", 'Digest realm="x', "Digest realm=x,", "Digest realm=x nonce=y", "Digest ,"):
         with pytest.raises(SipParseError):
             parse_credentials(bad)
+
+
+_NAMES = st.text(alphabet="abcXYZ019-.!%*_+`'~", min_size=1, max_size=8)
+_VALUES = st.one_of(
+    st.none(),
+    st.text(alphabet="abcXYZ019-.:<>@/", min_size=1, max_size=12),
+    st.text(alphabet="ab c;,:<>@=\t", max_size=12).map(lambda v: f'"{v}"'),
+)
+
+
+@given(st.lists(st.tuples(_NAMES, _VALUES), min_size=1, max_size=5))
+def test_the_split_fast_path_reads_params_as_the_grammar_does(
+    params: list[tuple[str, str | None]],
+) -> None:
+    text = "".join(f";{n}" if v is None else f";{n}={v}" for n, v in params)
+    assert parse_params(text) == _generic_params(text, 0)
+    assert parse_params(text) == tuple((n.lower(), v) for n, v in params)

@@ -145,66 +145,58 @@ class RegistrarService:
             supported_providers=self.supported_providers,
         )
         response = decision.response(request, to_tag=new_tag())
+        decided = _Decided(pending.aor, pending.key, pending.source, decision, response)
         if not (decision.ok and (decision.upserts or decision.removals)):
-            self._answer(pending.aor, pending.key, pending.source, decision, response)
+            self._answer(decided)
             return
         # Only the answer waits for the commit: under load hundreds of REGISTERs wait for
         # one, and a parsed request is far more objects for the garbage collector to scan.
-        waiting = _Committing(pending.aor, pending.key, pending.source, decision, response)
         commit = self.store.apply_soon(pending.aor, decision.upserts, decision.removal_keys)
-        commit.add_done_callback(functools.partial(self._committed, waiting))
+        commit.add_done_callback(functools.partial(self._committed, decided))
 
-    def _committed(self, waiting: _Committing, commit: asyncio.Future[None]) -> None:
+    def _committed(self, decided: _Decided, commit: asyncio.Future[None]) -> None:
         exc = commit.exception() if not commit.cancelled() else StoreError("commit cancelled")
-        aor, response = waiting.aor, waiting.response
         if exc is not None:
-            log.error("binding store failed", aor=aor, error=str(exc))
-            self._fail(waiting.key, response, 500, "Binding Store Unavailable")
-            self._next(aor)
+            log.error("binding store failed", aor=decided.aor, error=str(exc))
+            self._fail(decided, 500, "Binding Store Unavailable")
             return
         try:
-            for binding in waiting.decision.registered:
+            for binding in decided.decision.registered:
                 for listener in self.on_registered:
                     try:
                         listener(binding)
                     except Exception:
-                        log.exception("binding listener failed", aor=aor)
-            self._answer(aor, waiting.key, waiting.source, waiting.decision, response)
+                        log.exception("binding listener failed", aor=decided.aor)
+            self._answer(decided)
         except Exception:
-            log.exception("REGISTER failed", aor=aor)
-            self._fail(waiting.key, response, 500, "Server Internal Error")
-            self._next(aor)
+            log.exception("REGISTER failed", aor=decided.aor)
+            self._fail(decided, 500, "Server Internal Error")
 
-    def _answer(
-        self,
-        aor: str,
-        key: TransactionKey,
-        source: Endpoint,
-        decision: RegisterDecision,
-        response: Response,
-    ) -> None:
+    def _answer(self, decided: _Decided) -> None:
+        decision, source = decided.decision, decided.source
         _count_result(decision.status)
         if decision.ok and _stdlib_log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "registered",
-                aor=aor,
+                aor=decided.aor,
                 bindings=len(decision.bindings),
                 peer=f"{source.transport}:{source.host}:{source.port}",
             )
         elif not decision.ok:
             log.info(
                 "register refused",
-                aor=aor,
+                aor=decided.aor,
                 status=decision.status,
                 reason=decision.reason,
             )
-        self.server.engine.respond(key, response)
-        self._next(aor)
+        self.server.engine.respond(decided.key, decided.response)
+        self._next(decided.aor)
 
-    def _fail(self, key: TransactionKey, prepared: Response, status: int, reason: str) -> None:
-        """Answer `status` instead of the `prepared` response (the request is gone)."""
+    def _fail(self, decided: _Decided, status: int, reason: str) -> None:
+        """Answer `status` instead of the prepared response (the request is gone)."""
         _count_result(status)
-        self.server.engine.respond(key, _instead(prepared, status, reason))
+        self.server.engine.respond(decided.key, _instead(decided.response, status, reason))
+        self._next(decided.aor)
 
     def _store_failed(self, pending: _Pending, exc: BaseException) -> None:
         # §10.3 step 7: the update failed, so the REGISTER fails with 500.
@@ -264,8 +256,8 @@ class _Pending:
         self.key: Final = key
 
 
-class _Committing:
-    """A decided REGISTER waiting for its bindings to be stored, its answer ready."""
+class _Decided:
+    """A decided REGISTER, its answer ready (it may wait for its bindings to be stored)."""
 
     __slots__ = ("aor", "decision", "key", "response", "source")
 

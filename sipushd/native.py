@@ -17,6 +17,7 @@ __all__ = [
     "COMPILED_MODULES",
     "COMPILED_PACKAGES",
     "compiled_modules",
+    "compiled_names",
     "compiled_sources",
     "stale_modules",
 ]
@@ -36,6 +37,11 @@ _ROOT = Path(__file__).resolve().parent.parent
 def compiled_sources() -> list[Path]:
     """The source files the build compiles (setup.py reads this list)."""
     return [source for _, source in _sources()]
+
+
+def compiled_names() -> list[str]:
+    """The modules the build compiles, by name."""
+    return [name for name, _ in _sources()]
 
 
 def _sources() -> list[tuple[str, Path]]:

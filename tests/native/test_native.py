@@ -19,14 +19,6 @@ def _sources() -> list[Path]:
     return native.compiled_sources()
 
 
-def _compiled_names() -> list[str]:
-    names = list(native.COMPILED_MODULES)
-    for package in native.COMPILED_PACKAGES:
-        names.append(package)
-        names += [f"{package}.{p.stem}" for p in _sources() if p.parent.name == package[8:]]
-    return [name for name in names if not name.endswith(".__init__")]
-
-
 def test_a_pure_install_has_no_stale_modules(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -68,7 +60,7 @@ def test_an_edited_or_new_source_makes_its_module_stale(
 def test_the_hot_path_runs_compiled() -> None:
     # The suite tests what ships: the SIP stack, the core and the runtime glue as built
     # by mypyc.
-    names = _compiled_names()
+    names = native.compiled_names()
     assert "sipushd.runtime.engine" in names and "sipushd.sip.parser" in names
     for name in names:
         module = importlib.import_module(name)
